@@ -1,0 +1,62 @@
+# kvtorch — see README.md. Targets: deps build test demo bench clean.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+KVTORCH_HOME ?= $(HOME)/.cache/kvtorch
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
+VENV := $(KVTORCH_HOME)/venv-$(REQ_HASH)
+# The Python with torch that builds, fixtures and interop tests use. Override
+# (e.g. the GPU machine's python3) with `make KVTORCH_PYTHON=...`.
+KVTORCH_PYTHON ?= $(VENV)/bin/python
+export KVTORCH_PYTHON
+export KVTORCH_HOME
+
+JOBS ?= $(shell nproc)
+CMAKE_ARGS ?=
+GO ?= go
+LIB := build/libkvtorch.so
+BIN := bin/kvtorch
+
+.PHONY: deps build test demo bench clean
+
+## deps: system packages, the Python venv (torch, ...) and Go modules; quick when present
+deps: $(VENV)/.kvtorch-complete
+	@for tool in cmake g++ $(GO); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq cmake g++ make >/dev/null; \
+	fi
+	@$(GO) mod download
+
+$(VENV)/.kvtorch-complete: requirements.txt scripts/deps.sh
+	@bash scripts/deps.sh >/dev/null
+
+## build: libkvtorch.so (CMake) and bin/kvtorch (Go, RUNPATH to build/)
+build: deps $(LIB) $(BIN)
+
+$(LIB): CMakeLists.txt cgo/kvtorch.cpp cgo/kvtorch.h
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
+	cmake --build build -j$(JOBS)
+
+$(BIN): $(LIB) FORCE
+	$(GO) build -o $(BIN) ./cmd/kvtorch
+
+FORCE:
+
+## test: every test, against real libtorch (CUDA tests skip without a GPU)
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+## demo: the main job on the bundled reference model
+demo: build
+	@echo "demo: placeholder — calibration is not implemented yet (issue: kvtorch calibrate)."
+	@echo "demo: what runs today:"
+	./$(BIN) version
+
+## bench: benchmarks (figures in docs/BENCHMARKS.md)
+bench: build
+	@echo "bench: no benchmarks yet"
+
+clean:
+	rm -rf build bin

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// runCLI runs the command line in-process and returns status, stdout, stderr.
+func runCLI(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(append([]string{"kvtorch"}, args...), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI("version")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"kvtorch  " + version, "libtorch " + torch.Version(), "devices  cpu"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("version output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestHelpListsCommands(t *testing.T) {
+	code, out, _ := runCLI("--help")
+	if code != 0 || !strings.Contains(out, "version") || !strings.Contains(out, "COMMANDS") {
+		t.Fatalf("exit %d, help:\n%s", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"no-such-command"}, {"version", "--no-such-flag"}, {"version", "extra"}} {
+		code, _, errOut := runCLI(args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+		lines := strings.Split(strings.TrimSpace(errOut), "\n")
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "kvtorch: ") {
+			t.Errorf("%v: last stderr line %q, want a one-line kvtorch error", args, last)
+		}
+	}
+}
+
+func TestOneLine(t *testing.T) {
+	if got := oneLine("a\n  b\tc\n"); got != "a b c" {
+		t.Fatalf("oneLine: got %q", got)
+	}
+}
