@@ -1,0 +1,42 @@
+package pt
+
+import "math"
+
+// Stats summarises a tensor's values.
+type Stats struct {
+	Count    int64   // elements
+	Finite   int64   // elements that are neither NaN nor ±Inf
+	NaN, Inf int64   // non-finite elements
+	Min, Max float64 // over the finite elements (0 when there are none)
+	Mean     float64 // over the finite elements
+}
+
+// Stats computes the tensor's statistics without copying it.
+func (t *Tensor) Stats() (Stats, error) {
+	if err := t.Validate(); err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Count: t.Numel(), Min: math.Inf(1), Max: math.Inf(-1)}
+	var sum float64
+	dt, data := t.DType(), t.Storage.Data
+	t.eachOffset(func(off int64) {
+		v := dt.element(data, off)
+		switch {
+		case math.IsNaN(v):
+			st.NaN++
+		case math.IsInf(v, 0):
+			st.Inf++
+		default:
+			st.Finite++
+			sum += v
+			st.Min = min(st.Min, v)
+			st.Max = max(st.Max, v)
+		}
+	})
+	if st.Finite == 0 {
+		st.Min, st.Max = 0, 0
+	} else {
+		st.Mean = sum / float64(st.Finite)
+	}
+	return st, nil
+}
