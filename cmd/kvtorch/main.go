@@ -36,6 +36,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		EnableBashCompletion: true,
 		HideVersion:          true,
 		Commands: []*cli.Command{
+			inspectCommand,
 			versionCommand,
 		},
 		Action: func(c *cli.Context) error {
