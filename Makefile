@@ -56,7 +56,7 @@ demo: build
 
 ## bench: benchmarks (figures in docs/BENCHMARKS.md)
 bench: build
-	@echo "bench: no benchmarks yet"
+	$(GO) run ./bench/ptbench
 
 clean:
 	rm -rf build bin
