@@ -57,6 +57,7 @@ demo: build
 ## bench: benchmarks (figures in docs/BENCHMARKS.md)
 bench: build
 	$(GO) run ./bench/ptbench
+	$(GO) run ./bench/tokbench
 
 clean:
 	rm -rf build bin

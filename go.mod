@@ -3,7 +3,9 @@ module github.com/kvtorch/kvtorch
 go 1.24.0
 
 require (
+	github.com/dlclark/regexp2 v1.11.5
 	github.com/urfave/cli/v2 v2.27.7
+	golang.org/x/text v0.28.0
 	gonum.org/v1/gonum v0.17.0
 )
 
