@@ -1,0 +1,164 @@
+"""scripts/export_hf.py on tiny random-weight models of every supported architecture."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import HERE
+from kvtorch_hook import project_eager
+from tiny_models import tiny_model
+import export_hf
+
+SCRIPT = os.path.join(os.path.dirname(HERE), "export_hf.py")
+CASES = [(a, kv) for a in export_hf.GQA for kv in ("pre_rope", "post_rope")] + [("deepseek_v2", "mla_latent")]
+TOKENIZER = json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}})
+
+
+def exported(arch, kv, tmp_path):
+    model = tiny_model(arch)
+    out = str(tmp_path / f"{arch}.pt")
+    meta = export_hf.export(model, TOKENIZER, None if kv == "mla_latent" else kv, "cpu", out, arch)
+    return torch.jit.load(out), meta
+
+
+def captured_reference(arch, kv, ids):
+    """Logits and K/V of the unmodified eager model: the cache (post_rope,
+    mla_latent) or the projection outputs (pre_rope)."""
+    model = tiny_model(arch)
+    caught = {}
+    if kv == "pre_rope":
+        for i, layer in enumerate(model.model.layers):
+            a = layer.self_attn
+            kmod = a.k_norm if hasattr(a, "k_norm") else a.k_proj
+            kmod.register_forward_hook(lambda m, inp, out, i=i: caught.__setitem__((i, "k"), out))
+            a.v_proj.register_forward_hook(lambda m, inp, out, i=i: caught.__setitem__((i, "v"), out))
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    n = model.config.num_hidden_layers
+    if kv == "pre_rope":
+        b, t = ids.shape
+        h = model.config.num_key_value_heads
+
+        def heads(x):
+            return (x if x.dim() == 4 else x.view(b, t, h, -1)).transpose(1, 2)
+        return out.logits, [heads(caught[(i, "k")]) for i in range(n)], [heads(caught[(i, "v")]) for i in range(n)]
+    layers = out.past_key_values.layers
+    return out.logits, [l.keys for l in layers], [l.values for l in layers]
+
+
+@pytest.mark.parametrize("arch,kv", CASES)
+def test_default_hooks_and_kv(arch, kv, tmp_path):
+    m, meta = exported(arch, kv, tmp_path)
+    assert meta["kv_source"] == kv and meta["architecture"] == arch
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
+    want_logits, want_k, want_v = captured_reference(arch, kv, ids)
+    with torch.no_grad():
+        logits, keys, values = m(ids)
+    scale = want_logits.abs().max().item()
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5 * scale)
+    assert len(keys) == len(values) == meta["n_layers"]
+    for i in range(meta["n_layers"]):
+        assert keys[i].shape == (2, meta["n_kv_heads"], 24, meta["head_dim_k"])
+        assert values[i].shape == (2, meta["n_kv_heads"], 24, meta["head_dim_v"])
+        torch.testing.assert_close(keys[i], want_k[i], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(values[i], want_v[i], rtol=1e-6, atol=1e-6)
+    # The trace generalises to other batch sizes and lengths.
+    with torch.no_grad():
+        assert m(torch.randint(0, 512, (3, 41)))[0].shape == (3, 41, 512)
+
+
+def eager_projected(arch, kv, bases, rank, ids):
+    """The tiny model in eager PyTorch with project_eager applied where the hook sits."""
+    model = tiny_model(arch)
+    for i, layer in enumerate(model.model.layers):
+        a = layer.self_attn
+        (Uk, mk), (Uv, mv) = bases[(i, "k")], bases[(i, "v")]
+
+        def pk(x, U=Uk, m=mk):
+            return project_eager(x, U, m, rank)
+
+        def pv(x, U=Uv, m=mv):
+            return project_eager(x, U, m, rank)
+        if kv == "mla_latent":
+            orig = a.expand_kv
+            a.expand_kv = lambda kn, kr, orig=orig, pk=pk, pv=pv: orig(pk(kn), pv(kr))
+        elif kv == "post_rope":
+            a.k_hook, a.v_hook = pk, pv
+        else:
+            h = model.config.num_key_value_heads
+
+            def via_heads(fn, out, per_head):
+                b, t = out.shape[:2]
+                x = out.transpose(1, 2) if per_head else out.view(b, t, h, -1).transpose(1, 2)
+                return fn(x).transpose(1, 2).reshape(out.shape)
+            kmod = a.k_norm if hasattr(a, "k_norm") else a.k_proj
+            kmod.register_forward_hook(lambda m, inp, out, pk=pk, ph=hasattr(a, "k_norm"): via_heads(pk, out, ph))
+            a.v_proj.register_forward_hook(lambda m, inp, out, pv=pv: via_heads(pv, out, False))
+    if kv == "post_rope":
+        from transformers import AttentionInterface
+
+        def attn(module, q, k, v, mask, **kw):
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+            return sdpa_attention_forward(module, q, module.k_hook(k), module.v_hook(v), mask, **kw)
+        AttentionInterface.register("eager_projected", attn)
+        model.set_attn_implementation("eager_projected")
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch,kv", CASES)
+def test_random_projection_matches_eager(arch, kv, tmp_path):
+    m, meta = exported(arch, kv, tmp_path)
+    g = torch.Generator().manual_seed(5)
+    h = meta["n_kv_heads"]
+    bases = {}
+    buffers = dict(m.named_buffers())
+    rank = 4
+    for i in range(meta["n_layers"]):
+        for kind, d in (("k", meta["head_dim_k"]), ("v", meta["head_dim_v"])):
+            U, _ = torch.linalg.qr(torch.randn(h, d, d, generator=g))
+            mean = torch.randn(h, d, generator=g) * 0.05
+            bases[(i, kind)] = (U, mean)
+            down = U.clone()
+            down[:, :, rank:] = 0
+            prefix = meta["hook"][kind].format(layer=i)
+            buffers[prefix + ".down"].copy_(down)
+            buffers[prefix + ".up"].copy_(down.transpose(-1, -2))
+            buffers[prefix + ".mean"].copy_(mean)
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(2))
+    want = eager_projected(arch, kv, bases, rank, ids)
+    base = tiny_model(arch)(input_ids=ids).logits
+    with torch.no_grad():
+        got = m(ids)[0]
+    assert (want - base).abs().max() > 1e-4  # the projection changes the logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_exports_a_saved_model(tmp_path):
+    model = tiny_model("qwen2")
+    folder = tmp_path / "tiny-qwen2"
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(TOKENIZER)
+    out = tmp_path / "q.pt"
+    r = subprocess.run([sys.executable, SCRIPT, str(folder), "-o", str(out), "--kv-source", "post_rope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    files = {"kvtorch.json": "", "tokenizer.json": ""}
+    torch.jit.load(str(out), _extra_files=files)
+    meta = json.loads(files["kvtorch.json"])
+    assert meta["name"] == "tiny-qwen2" and meta["kv_source"] == "post_rope"
+    assert files["tokenizer.json"].decode() == (folder / "tokenizer.json").read_text()
+
+
+def test_cli_refuses_unsupported_architecture(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(folder)
+    r = subprocess.run([sys.executable, SCRIPT, str(folder), "-o", str(tmp_path / "x.pt")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "unsupported architecture 'gpt2'" in r.stderr and "llama" in r.stderr
+    assert not (tmp_path / "x.pt").exists()
