@@ -395,6 +395,22 @@ kvt_err kvt_mean(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdi
   KVT_CATCH
 }
 
+kvt_err kvt_log_softmax(const kvt_tensor *t, int64_t dim, kvt_tensor **out) {
+  KVT_TRY
+  c10::InferenceMode guard;
+  const at::Tensor &x = tensor_of(t);
+  auto st = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  *out = wrap(at::log_softmax(x, dim, st));
+  KVT_CATCH
+}
+
+kvt_err kvt_gather(const kvt_tensor *t, int64_t dim, const kvt_tensor *index, kvt_tensor **out) {
+  KVT_TRY
+  c10::InferenceMode guard;
+  *out = wrap(at::gather(tensor_of(t), dim, tensor_of(index)));
+  KVT_CATCH
+}
+
 kvt_err kvt_isfinite(const kvt_tensor *t, kvt_tensor **out) {
   KVT_TRY
   c10::InferenceMode guard;

@@ -122,6 +122,10 @@ kvt_err kvt_copy_(kvt_tensor *dst, const kvt_tensor *src);
 kvt_err kvt_sum(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdim, kvt_tensor **out);
 kvt_err kvt_mean(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdim,
                  kvt_tensor **out);
+/* log_softmax along dim, computed in float32 at least (float64 stays float64). */
+kvt_err kvt_log_softmax(const kvt_tensor *t, int64_t dim, kvt_tensor **out);
+/* torch.gather(t, dim, index); index is int64. */
+kvt_err kvt_gather(const kvt_tensor *t, int64_t dim, const kvt_tensor *index, kvt_tensor **out);
 kvt_err kvt_isfinite(const kvt_tensor *t, kvt_tensor **out);
 /* *all_finite = 1 when every element is finite (integer tensors always are). */
 kvt_err kvt_all_finite(const kvt_tensor *t, int *all_finite);

@@ -184,6 +184,21 @@ func (t *Tensor) Mean(keepdim bool, dims ...int64) (*Tensor, error) {
 	})
 }
 
+// LogSoftmax is torch.log_softmax(t, dim), computed in float32 (float64 for
+// float64 input) whatever the input's dtype.
+func (t *Tensor) LogSoftmax(dim int64) (*Tensor, error) {
+	return t.unary("log_softmax", func(c *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err {
+		return C.kvt_log_softmax(c, C.int64_t(dim), out)
+	})
+}
+
+// Gather is torch.gather(t, dim, index) with an int64 index tensor.
+func (t *Tensor) Gather(dim int64, index *Tensor) (*Tensor, error) {
+	return t.binary("gather", index, func(a, b *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err {
+		return C.kvt_gather(a, C.int64_t(dim), b, out)
+	})
+}
+
 // IsFinite returns a bool tensor: true where the element is neither NaN nor ±Inf.
 func (t *Tensor) IsFinite() (*Tensor, error) {
 	return t.unary("isfinite", func(c *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err { return C.kvt_isfinite(c, out) })

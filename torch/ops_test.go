@@ -353,3 +353,18 @@ func TestCUDAMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestLogSoftmaxGather(t *testing.T) {
+	logits := must(FromSlice([]float32{1, 2, 3, 0, 0, 0}, 2, 3))
+	idx := must(FromSlice([]int64{2, 0}, 2, 1))
+	lp := must(logits.LogSoftmax(-1))
+	g := must(lp.Gather(-1, idx))
+	defer closeAll(logits, idx, lp, g)
+	want0 := 3 - math.Log(math.Exp(1)+math.Exp(2)+math.Exp(3))
+	assertClose(t, "log p", must(g.Float64s()), []float64{want0, -math.Log(3)}, 1e-6, 1e-6)
+	bad := must(FromSlice([]int64{5, 0}, 2, 1))
+	defer bad.Close()
+	if _, err := lp.Gather(-1, bad); err == nil {
+		t.Fatal("gather out of range: got nil error")
+	}
+}

@@ -36,6 +36,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		EnableBashCompletion: true,
 		HideVersion:          true,
 		Commands: []*cli.Command{
+			calibrateCommand,
+			mergeCommand,
 			inspectCommand,
 			versionCommand,
 		},

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -98,6 +99,9 @@ func TestSaveErrors(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 0 {
 		t.Errorf("failed saves left files: %v", entries)
+	}
+	if err := Save(dir, int64(1)); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("save over a folder: got %v", err)
 	}
 	if err := Save(filepath.Join(dir, "no-such-dir", "x.pt"), int64(1)); err == nil {
 		t.Error("save into a missing folder: got nil error")

@@ -16,6 +16,9 @@ import (
 // temporary name in the same folder, synced, and renamed, so a crash never
 // leaves a half-written file under path.
 func Save(path string, v any) (err error) {
+	if st, serr := os.Stat(path); serr == nil && !st.Mode().IsRegular() {
+		return fmt.Errorf("pt: save %s: not a regular file; refusing to replace it", path)
+	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {

@@ -1,0 +1,182 @@
+package calibration
+
+import (
+	"fmt"
+
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// Batch is a batch of sequences, right-padded to the longest one.
+type Batch struct {
+	Index   int           // 0-based batch number
+	IDs     *torch.Tensor // int64 [B, T] on the model's device
+	Lengths []int         // valid tokens per row; positions past them are padding
+	Seqs    []Sequence
+}
+
+// Tokens is the number of valid (non-padding) tokens.
+func (b *Batch) Tokens() int {
+	n := 0
+	for _, l := range b.Lengths {
+		n += l
+	}
+	return n
+}
+
+// MaxLen is T.
+func (b *Batch) MaxLen() int {
+	m := 0
+	for _, l := range b.Lengths {
+		m = max(m, l)
+	}
+	return m
+}
+
+// Mask returns a float tensor [B, 1, T, 1] of dtype on dev: 1 for valid
+// tokens, 0 for padding. Padding never enters statistics: multiply by it.
+func (b *Batch) Mask(dtype torch.DType, dev torch.Device) (*torch.Tensor, error) {
+	t := b.MaxLen()
+	m := make([]float64, len(b.Lengths)*t)
+	for i, l := range b.Lengths {
+		for j := 0; j < l; j++ {
+			m[i*t+j] = 1
+		}
+	}
+	cpu, err := torch.FromSlice(m, int64(len(b.Lengths)), 1, int64(t), 1)
+	if err != nil {
+		return nil, err
+	}
+	defer cpu.Close()
+	return cpu.To(dev, dtype)
+}
+
+// Close frees the ids.
+func (b *Batch) Close() { b.IDs.Close() }
+
+// MakeBatch pads seqs with pad into a batch on dev.
+func MakeBatch(index int, seqs []Sequence, pad int, dev torch.Device) (*Batch, error) {
+	b := &Batch{Index: index, Seqs: seqs}
+	for _, s := range seqs {
+		b.Lengths = append(b.Lengths, len(s.IDs))
+	}
+	t := b.MaxLen()
+	ids := make([]int64, len(seqs)*t)
+	for i, s := range seqs {
+		for j := 0; j < t; j++ {
+			if j < len(s.IDs) {
+				ids[i*t+j] = int64(s.IDs[j])
+			} else {
+				ids[i*t+j] = int64(pad)
+			}
+		}
+	}
+	cpu, err := torch.FromSlice(ids, int64(len(seqs)), int64(t))
+	if err != nil {
+		return nil, err
+	}
+	defer cpu.Close()
+	if b.IDs, err = cpu.ToDevice(dev); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Hook receives every layer's keys and values of every batch: k and v are
+// [B, H_kv, T, D] on the model's device, valid only during the call (copy
+// what you keep). Rows past b.Lengths are padding. Returning an error stops
+// the run.
+type Hook interface {
+	Observe(b *Batch, layer int, k, v *torch.Tensor) error
+}
+
+// HookFunc adapts a function to Hook.
+type HookFunc func(b *Batch, layer int, k, v *torch.Tensor) error
+
+// Observe calls f.
+func (f HookFunc) Observe(b *Batch, layer int, k, v *torch.Tensor) error { return f(b, layer, k, v) }
+
+// RunOptions controls Run.
+type RunOptions struct {
+	BatchSize int
+	// Progress, when set, is called after each batch with the tokens done.
+	Progress func(batch, tokens int)
+}
+
+// PadID is the id used for padding: the EOS id when the model names one, else 0.
+func (m *Model) PadID() int {
+	if m.Meta.EOSTokenID != nil {
+		return *m.Meta.EOSTokenID
+	}
+	return 0
+}
+
+// Run feeds seqs through the model in batches and hands each layer's K and V
+// to the hooks. NaN or Inf in K or V stops it with an error naming the layer,
+// head and batch.
+func Run(m *Model, seqs []Sequence, opts RunOptions, hooks ...Hook) error {
+	bs := max(opts.BatchSize, 1)
+	tokens := 0
+	for bi, start := 0, 0; start < len(seqs); bi, start = bi+1, start+bs {
+		b, err := MakeBatch(bi, seqs[start:min(start+bs, len(seqs))], m.PadID(), m.Device)
+		if err != nil {
+			return err
+		}
+		err = runBatch(m, b, hooks)
+		b.Close()
+		if err != nil {
+			return err
+		}
+		tokens += b.Tokens()
+		if opts.Progress != nil {
+			opts.Progress(bi+1, tokens)
+		}
+	}
+	return nil
+}
+
+func runBatch(m *Model, b *Batch, hooks []Hook) error {
+	out, err := m.Forward(b.IDs)
+	if err != nil {
+		return fmt.Errorf("batch %d: %w", b.Index, err)
+	}
+	defer out.Close()
+	for l := 0; l < m.Meta.NLayers; l++ {
+		for kind, t := range []*torch.Tensor{out.Keys[l], out.Values[l]} {
+			if err := checkFinite(t, b, l, Kinds[kind]); err != nil {
+				return err
+			}
+		}
+		for _, h := range hooks {
+			if err := h.Observe(b, l, out.Keys[l], out.Values[l]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ErrNonFinite marks NaN or Inf in a model's keys or values.
+var ErrNonFinite = fmt.Errorf("non-finite values")
+
+func checkFinite(t *torch.Tensor, b *Batch, layer int, kind string) error {
+	ok, err := t.AllFinite()
+	if err != nil || ok {
+		return err
+	}
+	heads := t.Shape()[1]
+	for h := int64(0); h < heads; h++ {
+		head, err := t.Narrow(1, h, 1)
+		if err != nil {
+			return err
+		}
+		ok, err := head.AllFinite()
+		head.Close()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w (NaN or Inf) in %s of layer %d, head %d, batch %d (which starts with %s)", ErrNonFinite, kind, layer, h, b.Index, b.Seqs[0].Source)
+		}
+	}
+	return fmt.Errorf("%w (NaN or Inf) in %s of layer %d, batch %d", ErrNonFinite, kind, layer, b.Index)
+}

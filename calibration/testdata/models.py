@@ -1,0 +1,77 @@
+"""Tiny kvtorch models for the calibration tests: one that follows the model
+contract and variants that break it in one way each.
+
+Usage: python models.py OUT_DIR
+Writes OUT_DIR/{good,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers}.pt
+"""
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
+import refmodel  # noqa: E402
+
+
+def tokenizer_json():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["the quick brown fox jumps over the lazy dog " * 20, "func main() { return 42 }\n" * 20]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return tok.to_str(), tok.get_vocab_size()
+
+
+class Wrap(nn.Module):
+    def __init__(self, inner, mode):
+        super().__init__()
+        self.inner = inner
+        self.mode = mode
+
+    def forward(self, ids):
+        logits, keys, values = self.inner(ids)
+        if self.mode == "wrong_arity":
+            return logits, keys
+        if self.mode == "wrong_kshape":
+            return logits, tuple(k.transpose(1, 2) for k in keys), values
+        if self.mode == "short_layers":
+            return logits, keys[:1], values[:1]
+        if self.mode == "nan":
+            k1 = keys[1].clone()
+            k1[:, 1] = float("nan")  # layer 1, head 1
+            return logits, (keys[0], k1), values
+        return logits, keys, values
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    tok, vocab = tokenizer_json()
+    torch.manual_seed(0)
+    c = refmodel.Config(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=64, max_positions=128)
+    model = refmodel.RefModel(c).eval()
+    meta = refmodel.metadata(c, "cpu")
+    meta["name"] = "tiny"
+    example = torch.randint(0, vocab, (2, 8))
+    for name, mode, md in [("good", None, meta), ("no_meta", None, None), ("wrong_arity", "wrong_arity", meta),
+                           ("wrong_kshape", "wrong_kshape", meta), ("short_layers", "short_layers", meta),
+                           ("nan", "nan", meta),
+                           ("missing_hook", None, dict(meta, hook={"k": "blocks.{layer}.attn.q_hook", "v": meta["hook"]["v"]}))]:
+        m = Wrap(model, mode) if mode else model
+        with torch.no_grad():
+            traced = torch.jit.trace(m, (example,), check_trace=False)
+        extra = {"tokenizer.json": tok}
+        if md is not None:
+            if mode:  # hook buffers live under inner. in the wrapper
+                md = dict(md, hook={k: "inner." + v for k, v in md["hook"].items()})
+            extra["kvtorch.json"] = json.dumps(md)
+        torch.jit.save(traced, os.path.join(out, f"{name}.pt"), _extra_files=extra)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
