@@ -17,10 +17,14 @@ GO ?= go
 LIB := build/libkvtorch.so
 BIN := bin/kvtorch
 
-.PHONY: deps build test demo bench clean
+REFMODEL := build/refmodel.pt
+REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmodel.tokenizer.json
 
-## deps: system packages, the Python venv (torch, ...) and Go modules; quick when present
-deps: $(VENV)/.kvtorch-complete
+.PHONY: deps build test demo bench clean refmodel
+
+## deps: system packages, the Python venv (torch, ...), Go modules, and the
+## reference model exported to TorchScript; quick when present
+deps: $(VENV)/.kvtorch-complete $(REFMODEL)
 	@for tool in cmake g++ $(GO); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing with apt-get"; \
@@ -30,6 +34,17 @@ deps: $(VENV)/.kvtorch-complete
 
 $(VENV)/.kvtorch-complete: requirements.txt scripts/deps.sh
 	@bash scripts/deps.sh >/dev/null
+
+$(REFMODEL): $(REFDATA) scripts/refmodel.py scripts/kvtorch_hook.py | $(VENV)/.kvtorch-complete
+	@mkdir -p build
+	$(KVTORCH_PYTHON) scripts/refmodel.py export --data testdata --out $@
+
+## refmodel: rebuild the reference model from nothing (corpus from Debian
+## packages, tokenizer, training on the CPU: about an hour on 2 cores)
+refmodel: $(VENV)/.kvtorch-complete
+	$(KVTORCH_PYTHON) scripts/corpus.py --out build/corpus --seed 0
+	$(KVTORCH_PYTHON) scripts/refmodel.py train --corpus build/corpus --out testdata --seed 0
+	$(KVTORCH_PYTHON) scripts/refmodel.py export --data testdata --out $(REFMODEL)
 
 ## build: libkvtorch.so (CMake) and bin/kvtorch (Go, RUNPATH to build/)
 build: deps $(LIB) $(BIN)
@@ -47,6 +62,7 @@ FORCE:
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	cd scripts && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
 
 ## demo: the main job on the bundled reference model
 demo: build
