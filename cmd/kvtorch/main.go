@@ -38,6 +38,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			calibrateCommand,
 			mergeCommand,
+			evalCommand,
+			tuneCommand,
+			checkCommand,
 			inspectCommand,
 			versionCommand,
 		},

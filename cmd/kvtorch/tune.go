@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/urfave/cli/v2"
+)
+
+var tuneCommand = &cli.Command{
+	Name:  "tune",
+	Usage: "find per-layer ranks (and latent bits) that compress most within a perplexity budget",
+	Description: "Uses ONE calibration and measures perplexity on held-out text (never the calibration text).\n" +
+		"It measures each layer's and side's sensitivity, models each side's cost, and bisects a price\n" +
+		"of perplexity against bytes with measured evaluations; every candidate is printed. --uniform\n" +
+		"reproduces the old Python tool's search instead (one rank for every layer, V only by default).\n" +
+		"Writes the preset (docs/preset-format.md).",
+	Flags: append(append([]cli.Flag{}, evalFlags...),
+		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, Usage: "perplexity budget as a fraction (0.05: +5%)"},
+		&cli.StringFlag{Name: "target", Usage: "sides to compress: k, v or kv (default kv; v with --uniform)"},
+		&cli.StringFlag{Name: "bits", Value: "16", Usage: "latent bits to consider, e.g. 16,8,4"},
+		&cli.BoolFlag{Name: "uniform", Usage: "the old tool's search: one rank for all layers over its rank grid"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "preset.json", Usage: "preset file to write"},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not print candidates"},
+	),
+	Action: tuneAction,
+}
+
+func tuneAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("tune takes no arguments")
+	}
+	budget := c.Float64("target-ppl-delta")
+	if budget <= 0 || budget > 10 {
+		return usagef("--target-ppl-delta must be a fraction in (0, 10], e.g. 0.05")
+	}
+	bits, err := parseInts(c.String("bits"))
+	if err != nil {
+		return err
+	}
+	for _, b := range bits {
+		if b != 16 && b != 8 && b != 4 {
+			return usagef("--bits takes 16, 8 and 4")
+		}
+	}
+	target := c.String("target")
+	if target == "" {
+		target = "kv"
+		if c.Bool("uniform") {
+			target = "v"
+		}
+	}
+	if _, err := calibration.Sides(target); err != nil {
+		return usagef("--%v", err)
+	}
+	texts := textPaths(c, "texts", "eval")
+	es, err := setupEval(c, c.String("calibration"), texts)
+	if err != nil {
+		return err
+	}
+	defer es.m.Close()
+	if err := disjoint(es.cal, es.set); err != nil {
+		return err
+	}
+	stderr := c.App.ErrWriter
+	ev, err := calibration.NewEvaluator(es.m, es.cal, es.set, c.Int("batch-size"))
+	if err != nil {
+		return err
+	}
+	if !c.Bool("quiet") {
+		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", ev.Baseline, es.set.SeqLen, es.set.Tokens(), 100*budget)
+		ev.Log = func(cand calibration.Candidate) {
+			mark := "over budget"
+			if cand.Within {
+				mark = "ok"
+			}
+			fmt.Fprintf(stderr, "  %3d  %-58s ppl %.4f (%+.2f%%)  %.2fx  %s\n", ev.Evaluations, cand.Label, cand.PPL, 100*cand.Delta, cand.Ratio, mark)
+		}
+	}
+	var best calibration.Candidate
+	method := "sensitivity-weighted allocation with bisection on the price of perplexity"
+	if c.Bool("uniform") {
+		best, _, err = calibration.TuneUniform(ev, target, bits, budget)
+		method = "uniform rank grid (the old tool's search)"
+	} else {
+		best, err = calibration.Tune(ev, target, bits, budget)
+	}
+	if err != nil {
+		return err
+	}
+	// Measure the chosen setting once more as it will be stored.
+	final, err := ev.Measure("chosen", best.Setting, budget)
+	if err != nil {
+		return err
+	}
+	p := calibration.NewPreset(es.m, es.cal, es.calPath, es.calSHA, final.Setting, target, ev.Baseline, final.PPL, es.set)
+	p.TargetPPLDelta = &budget
+	p.Search = &calibration.SearchInfo{Method: method, Evaluations: ev.Evaluations}
+	if err := p.Save(c.String("output")); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, p)
+	}
+	printPreset(c.App.Writer, p, c.String("output"))
+	return nil
+}
+
+// disjoint refuses evaluation text that is also calibration text.
+func disjoint(cal *calibration.Calibration, set *calibration.EvalSet) error {
+	seen := map[string]string{}
+	for _, t := range cal.Texts {
+		seen[t.SHA256] = t.Path
+	}
+	for _, f := range set.Files {
+		if p, ok := seen[f.SHA256]; ok {
+			return fmt.Errorf("evaluation text %s is also calibration text (%s): tune measures on held-out text only", f.Path, p)
+		}
+	}
+	return nil
+}
+
