@@ -1,0 +1,208 @@
+"""kvtorch presets for PyTorch users: plain torch, no Go binary needed.
+
+    from kvtorch_preset import Preset
+    p = Preset("preset.json")                 # finds the calibration it names, checks its sha256
+    z = p.compress(layer, "k", k)             # k: [B, H, T, D] -> Latents (what a cache stores)
+    k_hat = p.expand(layer, "k", z)           # back to [B, H, T, D]
+
+With transformers installed, KVTorchCache stores the latents (quantized when
+the preset says so) instead of full K/V, for real memory savings in generate:
+
+    from kvtorch_preset import KVTorchCache
+    cache = KVTorchCache(p, model)
+    model.generate(ids, past_key_values=cache, max_new_tokens=50)
+    cache.nbytes()                            # bytes actually stored
+
+Storage: 16-bit latents as float16; 8-bit as int8 with one float16 absmax
+scale per token and head; 4-bit as two values per uint8 with the same scale;
+sides the preset leaves uncompressed as float16. This is exactly the
+accounting of the preset's bytes_per_token_after.
+
+Keys: presets for pre_rope models compress keys before rotary embedding. The
+cache receives post-RoPE keys, so it un-rotates them (positions 0, 1, 2, …
+for each row: no left padding) and rotates the expanded keys back.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+KINDS = {"k": "K", "v": "V"}
+
+
+@dataclass
+class Latents:
+    """What a compressed cache stores for one side of one layer."""
+
+    data: torch.Tensor  # float16 [B, H, T, r], int8 [B, H, T, r], or uint8 [B, H, T, ceil(r/2)] (4-bit)
+    scale: torch.Tensor | None  # float16 [B, H, T, 1] for 8/4 bits
+    bits: int
+    rank: int
+
+    @property
+    def nbytes(self):
+        n = self.data.numel() * self.data.element_size()
+        if self.scale is not None:
+            n += self.scale.numel() * self.scale.element_size()
+        return n
+
+    def cat(self, other):
+        scale = None if self.scale is None else torch.cat([self.scale, other.scale], dim=-2)
+        return Latents(torch.cat([self.data, other.data], dim=-2), scale, self.bits, self.rank)
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve(path, near):
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(near)), path)
+
+
+class Preset:
+    """A kvtorch preset (docs/preset-format.md) with its calibration."""
+
+    def __init__(self, preset_path, calibration_path=None, device="cpu"):
+        with open(preset_path) as f:
+            self.preset = json.load(f)
+        p = self.preset
+        if p.get("format") != "kvtorch-preset" or p.get("version") != 1:
+            raise ValueError(f"{preset_path}: not a kvtorch preset (version 1)")
+        cal_path = calibration_path or _resolve(p["calibration_file"], preset_path)
+        if _sha256(cal_path) != p["calibration_sha256"]:
+            raise ValueError(f"{cal_path} is not the calibration the preset was made with (sha256 differs)")
+        cal = torch.load(cal_path)  # weights_only=True
+        self.kv_source = p["kv_source"]
+        self.layers = []
+        for l, pl in enumerate(p["layers"]):
+            sides = {}
+            for kind, name in KINDS.items():
+                rank, bits = pl[f"rank_{kind}"], pl[f"bits_{kind}"]
+                d = p[f"head_dim_{kind}"]
+                basis = cal["layers"][l][name]
+                sides[kind] = {
+                    "rank": rank, "bits": bits, "dim": d, "compressed": rank < d or bits < 16,
+                    "U": basis["U"][:, :, :rank].to(device), "mean": basis["mean"].to(device),
+                }
+            self.layers.append(sides)
+
+    def side(self, layer, kind):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be 'k' or 'v', not {kind!r}")
+        return self.layers[layer][kind]
+
+    def compress(self, layer, kind, x):
+        """x [B, H, T, D] -> Latents."""
+        s = self.side(layer, kind)
+        if not s["compressed"]:
+            return Latents(x.to(torch.float16), None, 16, s["dim"])
+        z = torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device))
+        bits, rank = s["bits"], s["rank"]
+        if bits == 16:
+            return Latents(z.to(torch.float16), None, 16, rank)
+        levels = 2 ** (bits - 1) - 1
+        scale = (z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels).to(torch.float16)
+        q = torch.round(z / scale.float()).clamp(-levels, levels).to(torch.int8)
+        if bits == 8:
+            return Latents(q, scale, 8, rank)
+        u = (q + 8).to(torch.uint8)  # 1..15
+        if rank % 2:
+            u = torch.cat([u, torch.full_like(u[..., :1], 8)], dim=-1)
+        return Latents(u[..., 0::2] | (u[..., 1::2] << 4), scale, 4, rank)
+
+    def expand(self, layer, kind, z, dtype=torch.float32):
+        """Latents -> [B, H, T, D] in dtype."""
+        s = self.side(layer, kind)
+        if not s["compressed"]:
+            return z.data.to(dtype)
+        if z.bits == 16:
+            lat = z.data.float()
+        elif z.bits == 8:
+            lat = z.data.float() * z.scale.float()
+        else:
+            lo, hi = (z.data & 0x0F).to(torch.int16) - 8, (z.data >> 4).to(torch.int16) - 8
+            lat = torch.stack([lo, hi], dim=-1).flatten(-2)[..., : z.rank].float() * z.scale.float()
+        U = s["U"].to(lat.device)
+        return (torch.matmul(lat, U.transpose(-1, -2)) + s["mean"][:, None, :].to(lat.device)).to(dtype)
+
+    def bytes_per_token(self, layer):
+        """The preset's accounting for a layer (both sides)."""
+        return self.preset["layers"][layer]["bytes_per_token_after"]
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+try:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # transformers is optional
+    DynamicCache = None
+
+
+if DynamicCache is not None:
+
+    class KVTorchLayer(DynamicLayer):
+        """One layer of KVTorchCache: stores Latents, returns expanded K/V."""
+
+        def __init__(self, preset, layer, rotary=None):
+            super().__init__()
+            self.preset, self.layer, self.rotary = preset, layer, rotary
+            self.zk = self.zv = None
+            self.length = 0
+
+        def _rope(self, x, start):
+            pos = torch.arange(start, start + x.shape[-2], device=x.device)[None, :].expand(x.shape[0], -1)
+            cos, sin = self.rotary(x, pos)
+            return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            dtype = key_states.dtype
+            k = key_states.float()
+            if self.rotary is not None:  # pre_rope preset: un-rotate the incoming keys
+                cos, sin = self._rope(k, self.length)
+                k = k * cos - _rotate_half(k) * sin
+            zk = self.preset.compress(self.layer, "k", k)
+            zv = self.preset.compress(self.layer, "v", value_states)
+            self.zk = zk if self.zk is None else self.zk.cat(zk)
+            self.zv = zv if self.zv is None else self.zv.cat(zv)
+            self.length += key_states.shape[-2]
+            keys = self.preset.expand(self.layer, "k", self.zk)
+            if self.rotary is not None:
+                cos, sin = self._rope(keys, 0)
+                keys = keys * cos + _rotate_half(keys) * sin
+            values = self.preset.expand(self.layer, "v", self.zv)
+            # Keep only empty placeholders: the latents are the cache.
+            self.keys = self.values = torch.empty(0, dtype=dtype, device=key_states.device)
+            return keys.to(dtype), values.to(dtype)
+
+        def get_seq_length(self):
+            return self.length
+
+        def nbytes(self):
+            return (self.zk.nbytes + self.zv.nbytes) if self.zk is not None else 0
+
+    class KVTorchCache(DynamicCache):
+        """A transformers cache that stores kvtorch latents instead of full K/V."""
+
+        def __init__(self, preset, model):
+            super().__init__(config=model.config)
+            rotary = None
+            if preset.kv_source == "pre_rope":
+                rotary = model.model.rotary_emb
+            self.layers = [KVTorchLayer(preset, i, rotary) for i in range(len(preset.layers))]
+
+        def nbytes(self):
+            """Bytes of latents (and scales) held, all layers."""
+            return sum(layer.nbytes() for layer in self.layers)

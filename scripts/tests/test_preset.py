@@ -1,0 +1,168 @@
+"""scripts/kvtorch_preset.py against the Go numbers: presets made by
+`kvtorch tune` give the same perplexity through Preset.compress/expand (the
+reference model) and through KVTorchCache (tiny random transformers models),
+and the cache stores exactly the bytes the preset accounts for."""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, TESTDATA
+from kvtorch_preset import KVTorchCache, Preset
+from tiny_models import tiny_model
+
+KVTORCH = os.path.join(ROOT, "bin", "kvtorch")
+REFMODEL = os.path.join(ROOT, "build", "refmodel.pt")
+pytestmark = pytest.mark.skipif(not os.path.exists(KVTORCH), reason="bin/kvtorch is not built (make build)")
+
+CALIB_TEXT = ["The quick brown fox jumps over the lazy dog. " * 8, "def f(x):\n    return x * 2\n" * 12,
+              "Once upon a time there was a model with a cache. " * 9, "for i in range(10): print(i)\n" * 10]
+EVAL_TEXT = ["A lazy dog sleeps while the brown fox runs. " * 10, "while True:\n    x = f(x) + 1\n" * 12,
+             "Models with caches were once upon a time. " * 11]
+
+
+def kvtorch(*args):
+    r = subprocess.run([KVTORCH, *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def write_texts(folder, texts):
+    os.makedirs(folder, exist_ok=True)
+    for i, t in enumerate(texts):
+        with open(os.path.join(folder, f"{i:02d}.txt"), "w") as f:
+            f.write(t)
+    return str(folder)
+
+
+def windows(model_pt, text_dir, seq_len, max_tokens):
+    """The evaluation windows exactly as kvtorch builds them."""
+    from tokenizers import Tokenizer
+
+    files = {"kvtorch.json": "", "tokenizer.json": ""}
+    torch.jit.load(model_pt, _extra_files=files)
+    meta = json.loads(files["kvtorch.json"])
+    tok = Tokenizer.from_str(files["tokenizer.json"].decode())
+    stream = []
+    for path in sorted(glob.glob(os.path.join(text_dir, "**", "*.txt"), recursive=True)):
+        with open(path, encoding="utf-8") as f:
+            stream += tok.encode(f.read()).ids
+        if meta["eos_token_id"] is not None:
+            stream.append(meta["eos_token_id"])
+    out = []
+    for s in range(0, len(stream) - seq_len + 1, seq_len):
+        if max_tokens and (len(out) + 1) * (seq_len - 1) > max_tokens:
+            break
+        out.append(stream[s:s + seq_len])
+    return torch.tensor(out)
+
+
+def ppl_of(logits_fn, wins):
+    nll, n = 0.0, 0
+    for w in wins:
+        logits = logits_fn(w[None])
+        nll += F.cross_entropy(logits[0, :-1].double(), w[1:], reduction="sum").item()
+        n += len(w) - 1
+    return math.exp(nll / n)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CALIB_TEXT + EVAL_TEXT, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return tok.to_str()
+
+
+@pytest.mark.parametrize("arch,kv", [("llama", "pre_rope"), ("llama", "post_rope"), ("qwen2", "pre_rope"),
+                                     ("deepseek_v2", "mla_latent")])
+def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
+    folder = tmp_path / "hf"
+    model = tiny_model(arch)
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(tiny_tokenizer)
+    model_pt = str(tmp_path / "model.pt")
+    args = [sys.executable, os.path.join(ROOT, "scripts", "export_hf.py"), str(folder), "-o", model_pt]
+    if kv != "mla_latent":
+        args += ["--kv-source", kv]
+    subprocess.run(args, check=True, capture_output=True)
+    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
+    cal = str(tmp_path / "calib.pt")
+    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--out", cal, "--max-length", "64", "--min-tokens", "8")
+    preset_path = str(tmp_path / "preset.json")
+    kvtorch("tune", "-q", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
+            "--bits", "16,8,4", "--target-ppl-delta", "0.03", "--output", preset_path)
+    preset = Preset(preset_path)
+    meta = preset.preset
+    assert meta["compression_ratio"] > 1, "tune found nothing to compress"
+
+    hf = tiny_model(arch)  # the same weights (same seed) as the exported model
+    wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
+    with torch.no_grad():
+        base = ppl_of(lambda ids: hf(input_ids=ids).logits, wins)
+        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
+    assert abs(base / meta["baseline_ppl"] - 1) < 1e-5
+    # 16-bit latents are stored as float16 and scales as float16: close, not bit-equal.
+    assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
+
+    # The cache holds exactly the bytes the preset accounts for.
+    cache = KVTorchCache(preset, hf)
+    with torch.no_grad():
+        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
+    t = wins.shape[1]
+    for l, layer in enumerate(cache.layers):
+        assert layer.nbytes() == meta["layers"][l]["bytes_per_token_after"] * t
+    assert cache.nbytes() == meta["bytes_per_token_after"] * t
+
+    # generate runs with the compressed cache.
+    out = hf.generate(wins[:1, :16], past_key_values=KVTorchCache(preset, hf), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 20)
+
+
+def test_compress_expand_shapes_and_packing(tmp_path):
+    """4-bit latents pack two per byte; odd ranks pad; expand inverts compress."""
+    from kvtorch_preset import Latents
+
+    z = Latents(torch.zeros(1, 1, 3, 3, dtype=torch.uint8), torch.ones(1, 1, 3, 1, dtype=torch.float16), 4, 5)
+    assert z.nbytes == 9 + 6
+
+
+@pytest.mark.skipif(not os.path.exists(REFMODEL), reason="build/refmodel.pt is not exported (make deps)")
+def test_reference_model_compress_expand_match_go(tmp_path):
+    import refmodel
+    from torch import nn
+
+    cal = str(tmp_path / "calib.pt")
+    kvtorch("calibrate", "-q", "--model", REFMODEL, "--out", cal)
+    preset_path = str(tmp_path / "preset.json")
+    kvtorch("tune", "-q", "--model", REFMODEL, "--calibration", cal, "--max-tokens", "4096", "--bits", "16,8",
+            "--output", preset_path)
+    preset = Preset(preset_path)
+
+    class Through(nn.Module):
+        def __init__(self, layer, kind):
+            super().__init__()
+            self.layer, self.kind = layer, kind
+
+        def forward(self, x):
+            return preset.expand(self.layer, self.kind, preset.compress(self.layer, self.kind, x))
+
+    model, c = refmodel.load_model(TESTDATA)
+    for i, blk in enumerate(model.blocks):
+        blk.attn.k_hook, blk.attn.v_hook = Through(i, "k"), Through(i, "v")
+    meta = preset.preset
+    wins = windows(REFMODEL, os.path.join(TESTDATA, "eval"), meta["eval"]["seq_len"], meta["eval"]["tokens"])
+    with torch.no_grad():
+        comp = ppl_of(lambda ids: model(ids)[0], wins)
+    assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
