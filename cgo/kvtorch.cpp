@@ -7,6 +7,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -453,6 +454,8 @@ kvt_err kvt_svd(const kvt_tensor *t, kvt_tensor **u, kvt_tensor **s, kvt_tensor 
 }
 
 // ---- TorchScript modules ----
+
+void kvt_set_graph_optimize(int on) { torch::jit::setGraphExecutorOptimize(on != 0); }
 
 void kvt_module_free(kvt_module *m) { delete m; }
 

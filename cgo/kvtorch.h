@@ -137,6 +137,11 @@ kvt_err kvt_svd(const kvt_tensor *t, kvt_tensor **u, kvt_tensor **s, kvt_tensor 
 
 /* ---- TorchScript modules ---- */
 
+/* Turns TorchScript's graph executor optimizations (the profiling executor,
+ * which re-specialises a graph for every new input shape) on or off, for the
+ * whole process. kvtorch turns them off: its inputs change length often. */
+void kvt_set_graph_optimize(int on);
+
 void kvt_module_free(kvt_module *m);
 /* Loads a TorchScript file onto a device, in eval mode. */
 kvt_err kvt_module_load(const char *path, int device_type, int device_index, kvt_module **out);

@@ -33,6 +33,12 @@ func Load(path string, dev Device) (*Module, error) {
 	return m, nil
 }
 
+// SetGraphOptimize turns TorchScript's graph executor optimizations on or
+// off for the process. Off (kvtorch's choice) runs graphs as they are; on, the
+// profiling executor re-specialises a graph for every new input shape, which
+// costs much when lengths vary from batch to batch.
+func SetGraphOptimize(on bool) { C.kvt_set_graph_optimize(cbool(on)) }
+
 // Close frees the module. It is idempotent and always returns nil.
 func (m *Module) Close() error {
 	if m == nil || m.c == nil {
