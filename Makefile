@@ -49,9 +49,11 @@ refmodel: $(VENV)/.kvtorch-complete
 ## build: libkvtorch.so (CMake) and bin/kvtorch (Go, RUNPATH to build/)
 build: deps $(LIB) $(BIN)
 
-$(LIB): CMakeLists.txt cgo/kvtorch.cpp cgo/kvtorch.h
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
-	cmake --build build -j$(JOBS)
+# CMake tracks the C++ dependencies itself; it returns at once when up to date.
+$(LIB): FORCE
+	@test -f build/CMakeCache.txt || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
+	@cmake --build build -j$(JOBS) | grep -v "^\[\|Built target\|Consolidate" || true
+	@test -f $(LIB)
 
 $(BIN): $(LIB) FORCE
 	$(GO) build -o $(BIN) ./cmd/kvtorch
