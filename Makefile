@@ -52,8 +52,7 @@ build: deps $(LIB) $(BIN)
 # CMake tracks the C++ dependencies itself; it returns at once when up to date.
 $(LIB): FORCE
 	@test -f build/CMakeCache.txt || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
-	@cmake --build build -j$(JOBS) | grep -v "^\[\|Built target\|Consolidate" || true
-	@test -f $(LIB)
+	@cmake --build build -j$(JOBS)
 
 $(BIN): $(LIB) FORCE
 	$(GO) build -o $(BIN) ./cmd/kvtorch
