@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/plot"
 	"github.com/kvtorch/kvtorch/torch"
 	"github.com/urfave/cli/v2"
 )
@@ -36,6 +37,7 @@ var calibrateCommand = &cli.Command{
 		&cli.BoolFlag{Name: "shared-heads", Usage: "one basis per layer shared by all KV heads (as the old Python tool)"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress or summary on stderr"},
 		&cli.BoolFlag{Name: "json", Usage: "print a JSON summary on stdout"},
+		&cli.StringFlag{Name: "plot", Usage: "draw the explained-variance spectra of K and V per layer into this PNG"},
 	},
 	Action: calibrateAction,
 }
@@ -126,6 +128,11 @@ func calibrateAction(c *cli.Context) error {
 	out := c.String("out")
 	if err := cal.Save(out); err != nil {
 		return err
+	}
+	if p := c.String("plot"); p != "" {
+		if err := plot.Spectra(p, cal); err != nil {
+			return err
+		}
 	}
 	return report(c, cal, out, elapsed, len(skipped))
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+
+	"github.com/kvtorch/kvtorch/plot"
 
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/urfave/cli/v2"
@@ -22,6 +25,8 @@ var tuneCommand = &cli.Command{
 		&cli.BoolFlag{Name: "uniform", Usage: "the old tool's search: one rank for all layers over its rank grid"},
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "preset.json", Usage: "preset file to write"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not print candidates"},
+		&cli.StringFlag{Name: "plot", Usage: "draw perplexity delta against compression ratio of every candidate into this PNG"},
+		&cli.StringFlag{Name: "candidates", Usage: "write every measured candidate to this JSON file"},
 	),
 	Action: tuneAction,
 }
@@ -67,9 +72,12 @@ func tuneAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var measured []calibration.Candidate
+	ev.Log = func(cand calibration.Candidate) { measured = append(measured, cand) }
 	if !c.Bool("quiet") {
 		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", ev.Baseline, es.set.SeqLen, es.set.Tokens(), 100*budget)
 		ev.Log = func(cand calibration.Candidate) {
+			measured = append(measured, cand)
 			mark := "over budget"
 			if cand.Within {
 				mark = "ok"
@@ -99,6 +107,9 @@ func tuneAction(c *cli.Context) error {
 	if err := p.Save(c.String("output")); err != nil {
 		return err
 	}
+	if err := writeCandidates(c, measured, final, budget); err != nil {
+		return err
+	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, p)
 	}
@@ -120,3 +131,43 @@ func disjoint(cal *calibration.Calibration, set *calibration.EvalSet) error {
 	return nil
 }
 
+
+// writeCandidates writes --candidates (JSON) and --plot (PNG).
+func writeCandidates(c *cli.Context, measured []calibration.Candidate, chosen calibration.Candidate, budget float64) error {
+	if p := c.String("candidates"); p != "" {
+		type row struct {
+			Label string  `json:"label"`
+			PPL   float64 `json:"ppl"`
+			Delta float64 `json:"ppl_delta"`
+			Ratio float64 `json:"compression_ratio"`
+		}
+		rows := []row{}
+		for _, m := range measured {
+			rows = append(rows, row{m.Label, m.PPL, m.Delta, m.Ratio})
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			return err
+		}
+		if err := writeJSON(f, rows); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	if p := c.String("plot"); p != "" {
+		var pts []plot.Point
+		for _, m := range measured {
+			pts = append(pts, plot.Point{Ratio: m.Ratio, Delta: m.Delta})
+		}
+		name := "kvtorch tune"
+		if c.Bool("uniform") {
+			name = "uniform rank"
+		}
+		return plot.Tradeoff(p, "perplexity against KV-cache compression", budget,
+			[]plot.Series{{Name: name + " (candidates; chosen: large mark)", Points: pts, Chosen: &plot.Point{Ratio: chosen.Ratio, Delta: chosen.Delta}}})
+	}
+	return nil
+}
