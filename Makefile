@@ -20,7 +20,7 @@ BIN := bin/kvtorch
 REFMODEL := build/refmodel.pt
 REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmodel.tokenizer.json
 
-.PHONY: deps build test demo bench clean refmodel
+.PHONY: deps build test demo bench clean refmodel gpu-check
 
 ## deps: system packages, the Python venv (torch, ...), Go modules, and the
 ## reference model exported to TorchScript; quick when present
@@ -65,16 +65,20 @@ test: build
 	$(GO) test -count=1 ./...
 	cd scripts && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
 
-## demo: the main job on the bundled reference model
+## demo: the main job on the bundled reference model: calibrate, tune at +5%, check
 demo: build
-	@echo "demo: placeholder — calibration is not implemented yet (issue: kvtorch calibrate)."
-	@echo "demo: what runs today:"
-	./$(BIN) version
+	@bash scripts/demo.sh
 
 ## bench: benchmarks (figures in docs/BENCHMARKS.md)
 bench: build
 	$(GO) run ./bench/ptbench
 	$(GO) run ./bench/tokbench
+	$(GO) run ./bench/calbench
+
+## gpu-check: on a CUDA machine with a CUDA torch and no Go: takes bin/kvtorch
+## built elsewhere, rebuilds libkvtorch.so here, runs calibrate/tune/check on CUDA
+gpu-check:
+	bash scripts/gpu_check.sh $(BIN) build/gpu-check
 
 clean:
 	rm -rf build bin

@@ -15,7 +15,8 @@
   python oldtool.py tune --model M.pt --calib-texts DIR --texts DIR --target-ppl-delta 0.05
 
 Perplexity is measured as kvtorch measures it (same windows), with the
-compression applied through the model's hook buffers.
+compression applied through the model's hook buffers. OLDTOOL_DEVICE=cuda
+runs it on a GPU (with a model traced there).
 """
 import argparse
 import glob
@@ -36,9 +37,12 @@ torch._C._set_graph_executor_optimize(False)
 GRID = [128, 116, 106, 96, 85, 80, 64]
 
 
+DEVICE = os.environ.get("OLDTOOL_DEVICE", "cpu")
+
+
 def load(model_path):
     files = {"kvtorch.json": "", "tokenizer.json": ""}
-    model = torch.jit.load(model_path, _extra_files=files)
+    model = torch.jit.load(model_path, map_location=DEVICE, _extra_files=files)
     from tokenizers import Tokenizer
 
     return model, json.loads(files["kvtorch.json"]), Tokenizer.from_str(files["tokenizer.json"].decode())
@@ -61,7 +65,7 @@ def calibrate(model_path, texts, rank, out, max_length=512):
         for text in texts:
             ids = tok.encode(text).ids
             for s in range(0, len(ids), max_length):
-                _, keys, values = model(torch.tensor([ids[s:s + max_length]]))
+                _, keys, values = model(torch.tensor([ids[s:s + max_length]], device=DEVICE))
                 for l in range(meta["n_layers"]):
                     keep[(l, "K")].append(keys[l].reshape(-1, keys[l].shape[-1]).clone())  # heads flattened
                     keep[(l, "V")].append(values[l].reshape(-1, values[l].shape[-1]).clone())
@@ -104,7 +108,7 @@ def perplexity(model, wins, batch=4):
     nll, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(wins), batch):
-            x = wins[i:i + batch]
+            x = wins[i:i + batch].to(DEVICE)
             logits = model(x)[0][:, :-1].float()
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
             n += x[:, 1:].numel()
@@ -120,15 +124,15 @@ def apply(model, meta, cal, target, bits):
             d = meta["head_dim_" + s.lower()]
             h = meta["n_kv_heads"]
             if cal is None or s.lower() not in target:
-                down = torch.eye(d).expand(h, d, d)
-                mean = torch.zeros(h, d)
+                down = torch.eye(d, device=DEVICE).expand(h, d, d)
+                mean = torch.zeros(h, d, device=DEVICE)
                 b = 16
             else:
-                U = cal["layers"][l][s]["U"].float()
-                down = torch.zeros(d, d)
+                U = cal["layers"][l][s]["U"].float().to(DEVICE)
+                down = torch.zeros(d, d, device=DEVICE)
                 down[:, :U.shape[1]] = U
                 down = down.expand(h, d, d)
-                mean = cal["layers"][l][s]["mean"].float().expand(h, d)
+                mean = cal["layers"][l][s]["mean"].float().to(DEVICE).expand(h, d)
                 b = bits
             buffers[prefix + ".down"].copy_(down)
             buffers[prefix + ".up"].copy_(down.transpose(-1, -2))

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CUDA check, for a machine with a CUDA torch and no Go toolchain.
+#
+#   scripts/gpu_check.sh PATH/TO/kvtorch [OUT_DIR]
+#
+# Takes a kvtorch binary built elsewhere (make build), rebuilds libkvtorch.so
+# against this machine's torch, then on CUDA: calibrates, tunes and checks the
+# reference model and a tiny random transformers model exported here with
+# scripts/export_hf.py; compares CUDA and CPU calibrations (same eigenvalues
+# within tolerance); and measures calibration tokens/s of kvtorch and of the
+# Python pipeline (scripts/oldtool.py) on the same GPU. Needs python3 with
+# torch (CUDA), transformers and tokenizers; cmake and a C++ compiler.
+set -euo pipefail
+bin=$(readlink -f "$1")
+out=$(mkdir -p "${2:-gpu-check}" && readlink -f "${2:-gpu-check}")
+cd "$(dirname "$0")/.."
+PY=${KVTORCH_PYTHON:-python3}
+log() { echo "== $*" | tee -a "$out/summary.txt"; }
+
+TP=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B /tmp/kvtorch-gpu -DCMAKE_PREFIX_PATH="$TP" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build /tmp/kvtorch-gpu -j"$(nproc)" >/dev/null
+export LD_LIBRARY_PATH=/tmp/kvtorch-gpu
+"$bin" version | tee "$out/version.txt"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+
+log "reference model: export for cuda and cpu"
+"$PY" scripts/refmodel.py export --data testdata --out "$out/ref-cuda.pt" --device cuda
+"$PY" scripts/refmodel.py export --data testdata --out "$out/ref-cpu.pt" --device cpu
+for dev in cuda cpu; do
+  "$bin" calibrate -q --json --model "$out/ref-$dev.pt" --out "$out/cal-$dev.pt" > "$out/cal-$dev.json"
+  "$PY" -c "import json,sys; d=json.load(open('$out/cal-$dev.json')); print('kvtorch calibrate on $dev: %d tokens, %.0f tok/s' % (d['tokens'], d['tokens_per_second']))" | tee -a "$out/summary.txt"
+done
+"$PY" - "$out" <<'PYEOF' | tee -a "$out/summary.txt"
+import sys, torch
+out = sys.argv[1]
+a, b = torch.load(f"{out}/cal-cuda.pt"), torch.load(f"{out}/cal-cpu.pt")
+worst = 0.0
+for la, lb in zip(a["layers"], b["layers"]):
+    for s in "KV":
+        wa, wb = la[s]["eigenvalues"].double(), lb[s]["eigenvalues"].double()
+        worst = max(worst, ((wa - wb).abs() / (wb.abs() + 1e-6 * wb[:, :1])).max().item())
+print(f"CUDA vs CPU eigenvalues: largest relative difference {worst:.2e}", "OK" if worst < 1e-3 else "DIFFERENT")
+sys.exit(0 if worst < 1e-3 else 1)
+PYEOF
+"$bin" tune -q --model "$out/ref-cuda.pt" --calibration "$out/cal-cuda.pt" --bits 16,8,4 --output "$out/preset-ref.json" | tee -a "$out/summary.txt"
+"$bin" check --preset "$out/preset-ref.json" | tee -a "$out/summary.txt"
+
+log "Python pipeline on the same GPU"
+start=$(date +%s.%N)
+OLDTOOL_DEVICE=cuda "$PY" scripts/oldtool.py calibrate --model "$out/ref-cuda.pt" --texts testdata/calib --rank 48 --out "$out/old.pt"
+end=$(date +%s.%N)
+"$PY" -c "import json; d=json.load(open('$out/cal-cuda.json')); t=$end-$start; print('Python pipeline calibrate on cuda: %d tokens in %.1f s, %.0f tok/s (process start and model load included)' % (d['tokens'], t, d['tokens']/t))" | tee -a "$out/summary.txt"
+
+log "tiny random transformers model (llama), exported on cuda"
+"$PY" - "$out" <<'PYEOF'
+import sys, torch
+sys.path.insert(0, "scripts/tests")
+from tiny_models import tiny_model
+out = sys.argv[1]
+m = tiny_model("llama", vocab_size=4096)
+m.save_pretrained(f"{out}/tiny-llama")
+import shutil; shutil.copy("testdata/refmodel.tokenizer.json", f"{out}/tiny-llama/tokenizer.json")
+PYEOF
+"$PY" scripts/export_hf.py "$out/tiny-llama" -o "$out/tiny-cuda.pt" --device cuda
+"$bin" calibrate -q --model "$out/tiny-cuda.pt" --out "$out/tiny-cal.pt"
+"$bin" tune -q --model "$out/tiny-cuda.pt" --calibration "$out/tiny-cal.pt" --max-tokens 8192 --output "$out/preset-tiny.json" | tee -a "$out/summary.txt"
+"$bin" check --preset "$out/preset-tiny.json" | tee -a "$out/summary.txt"
+log "done"
