@@ -192,18 +192,9 @@ func windowNLL(m *Model, win [][]int) (float64, error) {
 			}
 		}
 	}
-	var tmp []*torch.Tensor
-	defer func() {
-		for _, x := range tmp {
-			x.Close()
-		}
-	}()
-	keep := func(x *torch.Tensor, err error) (*torch.Tensor, error) {
-		if err == nil {
-			tmp = append(tmp, x)
-		}
-		return x, err
-	}
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
 	cpu, err := keep(torch.FromSlice(ids, int64(b), int64(t)))
 	if err != nil {
 		return 0, err

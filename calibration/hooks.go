@@ -180,3 +180,22 @@ func checkFinite(t *torch.Tensor, b *Batch, layer int, kind string) error {
 	}
 	return fmt.Errorf("%w (NaN or Inf) in %s of layer %d, batch %d", ErrNonFinite, kind, layer, b.Index)
 }
+
+// scratch collects temporary tensors so one deferred call frees them all.
+type scratch []*torch.Tensor
+
+// keep records t (when err is nil) and passes both through.
+func (s *scratch) keep(t *torch.Tensor, err error) (*torch.Tensor, error) {
+	if err == nil {
+		*s = append(*s, t)
+	}
+	return t, err
+}
+
+// free closes every recorded tensor.
+func (s *scratch) free() {
+	for _, t := range *s {
+		t.Close()
+	}
+	*s = nil
+}

@@ -86,18 +86,9 @@ func (s *Stats) Observe(b *Batch, layer int, k, v *torch.Tensor) error {
 
 // add accumulates x [B, H, T, D] under mask [B, 1, T, 1] with n valid tokens.
 func (mo *Moments) add(x, mask *torch.Tensor, n int64, dtype torch.DType) error {
-	var tmp []*torch.Tensor
-	defer func() {
-		for _, t := range tmp {
-			t.Close()
-		}
-	}()
-	keep := func(t *torch.Tensor, err error) (*torch.Tensor, error) {
-		if err == nil {
-			tmp = append(tmp, t)
-		}
-		return t, err
-	}
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
 	xs, err := keep(x.ToDType(dtype))
 	if err != nil {
 		return err

@@ -96,10 +96,7 @@ func checkAction(c *cli.Context) error {
 		return err
 	}
 	defer es.m.Close()
-	ev, err := calibration.NewEvaluator(es.m, es.cal, es.set, c.Int("batch-size"))
-	if err != nil {
-		return err
-	}
+	ev := es.ev
 	cand, err := ev.Measure("preset", p.Setting(), budget)
 	if err != nil {
 		return err

@@ -49,6 +49,7 @@ type evalSetup struct {
 	calPath string
 	calSHA  string
 	set     *calibration.EvalSet
+	ev      *calibration.Evaluator // with the baseline measured
 }
 
 func setupEval(c *cli.Context, calPath string, texts []string) (*evalSetup, error) {
@@ -76,7 +77,10 @@ func setupEval(c *cli.Context, calPath string, texts []string) (*evalSetup, erro
 		var set *calibration.EvalSet
 		set, err = calibration.NewEvalSet(m, docs, files, c.Int("seq-len"), c.Int("max-tokens"))
 		if err == nil {
-			return &evalSetup{m: m, cal: cal, calPath: calPath, calSHA: calSHA, set: set}, nil
+			var ev *calibration.Evaluator
+			if ev, err = calibration.NewEvaluator(m, cal, set, c.Int("batch-size")); err == nil {
+				return &evalSetup{m: m, cal: cal, calPath: calPath, calSHA: calSHA, set: set, ev: ev}, nil
+			}
 		}
 	}
 	m.Close()
@@ -133,10 +137,7 @@ func evalAction(c *cli.Context) error {
 		return err
 	}
 	defer es.m.Close()
-	ev, err := calibration.NewEvaluator(es.m, es.cal, es.set, c.Int("batch-size"))
-	if err != nil {
-		return err
-	}
+	ev := es.ev
 	rows := []evalRow{{"uncompressed", ev.Baseline, 0, 1}}
 	measure := func(label string, s calibration.Setting) error {
 		cand, err := ev.Measure(label, s, 0)

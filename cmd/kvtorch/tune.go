@@ -68,10 +68,7 @@ func tuneAction(c *cli.Context) error {
 		return err
 	}
 	stderr := c.App.ErrWriter
-	ev, err := calibration.NewEvaluator(es.m, es.cal, es.set, c.Int("batch-size"))
-	if err != nil {
-		return err
-	}
+	ev := es.ev
 	var measured []calibration.Candidate
 	ev.Log = func(cand calibration.Candidate) { measured = append(measured, cand) }
 	if !c.Bool("quiet") {

@@ -2,8 +2,6 @@
 `kvtorch tune` give the same perplexity through Preset.compress/expand (the
 reference model) and through KVTorchCache (tiny random transformers models),
 and the cache stores exactly the bytes the preset accounts for."""
-import glob
-import json
 import math
 import os
 import subprocess
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, TESTDATA
 from kvtorch_preset import KVTorchCache, Preset
+import oldtool
 from tiny_models import tiny_model
 
 KVTORCH = os.path.join(ROOT, "bin", "kvtorch")
@@ -42,25 +41,10 @@ def write_texts(folder, texts):
 
 
 def windows(model_pt, text_dir, seq_len, max_tokens):
-    """The evaluation windows exactly as kvtorch builds them."""
-    from tokenizers import Tokenizer
-
-    files = {"kvtorch.json": "", "tokenizer.json": ""}
-    torch.jit.load(model_pt, _extra_files=files)
-    meta = json.loads(files["kvtorch.json"])
-    tok = Tokenizer.from_str(files["tokenizer.json"].decode())
-    stream = []
-    for path in sorted(glob.glob(os.path.join(text_dir, "**", "*.txt"), recursive=True)):
-        with open(path, encoding="utf-8") as f:
-            stream += tok.encode(f.read()).ids
-        if meta["eos_token_id"] is not None:
-            stream.append(meta["eos_token_id"])
-    out = []
-    for s in range(0, len(stream) - seq_len + 1, seq_len):
-        if max_tokens and (len(out) + 1) * (seq_len - 1) > max_tokens:
-            break
-        out.append(stream[s:s + seq_len])
-    return torch.tensor(out)
+    """The evaluation windows exactly as kvtorch builds them (oldtool.py builds
+    them the same way, independently of the Go code)."""
+    _, meta, tok = oldtool.load(model_pt)
+    return oldtool.windows(tok, meta, oldtool.read_texts([text_dir]), seq_len, max_tokens)
 
 
 def ppl_of(logits_fn, wins):
