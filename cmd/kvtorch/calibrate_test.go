@@ -174,3 +174,27 @@ func TestCalibrateBadInputs(t *testing.T) {
 		})
 	}
 }
+
+func TestCalibrateFromStdin(t *testing.T) {
+	models := tinyModels(t)
+	out := filepath.Join(t.TempDir(), "calib.pt")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		w.Write([]byte(strings.Repeat("the quick brown fox jumps over the lazy dog ", 40)))
+		w.Close()
+	}()
+	old := os.Stdin
+	os.Stdin = r
+	defer func() { os.Stdin = old }()
+	code, _, e := runCLI("calibrate", "-q", "--model", filepath.Join(models, "good.pt"), "--texts", "-", "--out", out)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	cal, err := calibration.LoadCalibration(out)
+	if err != nil || len(cal.Texts) != 1 || cal.Texts[0].Path != "-" || cal.Tokens == 0 {
+		t.Fatalf("%v %+v", err, cal)
+	}
+}

@@ -29,6 +29,11 @@ var inspectCommand = &cli.Command{
 
 func inspectAction(c *cli.Context) error {
 	if c.NArg() != 1 {
+		for _, a := range c.Args().Slice() {
+			if strings.HasPrefix(a, "-") {
+				return usagef("inspect: put options before FILE.pt (got %q after it)", a)
+			}
+		}
 		return usagef("inspect takes one FILE.pt argument")
 	}
 	path := c.Args().First()
