@@ -164,17 +164,18 @@ func explainedTable(cal *Calibration) [][2][]float64 {
 
 // Tune finds per-layer ranks for K and V (and latent bits) that maximise the
 // compression ratio with measured perplexity delta ≤ budget, in few
-// evaluations:
+// evaluations (about 30 for a 6-layer model), keeping the best measured
+// candidate of two searches:
 //
-//  1. Sensitivity: each (layer, side) alone is compressed to the rank that
-//     keeps 90% of its variance; the measured delta, divided by the variance
-//     discarded, is its sensitivity c.
-//  2. Quantization: for each bits < 16, all target sides at full rank and
-//     those bits: the measured delta is shared among sides by sensitivity.
-//  3. The model Δ(r, b) = c·(1 − EV(r)) + q_b·EV(r) predicts each side's
-//     cost; for a price λ each side picks the (rank, bits) minimising
-//     bytes + λ·Δ. Bisection on λ, with measured perplexity, finds the most
-//     compressing setting within the budget.
+//  1. Energy threshold: every target side keeps the smallest rank that
+//     explains a fraction τ of its variance; bisection on τ with measured
+//     perplexity; then the same ranks with 8- and 4-bit latents.
+//  2. Measured sensitivity: each (layer, side) alone is compressed to the rank
+//     that keeps 70% of its variance, and all target sides are quantized at
+//     full rank for each bits < 16; a model Δ(r, b) = c·(1 − EV(r)) + q_b·c·EV(r)
+//     of each side's cost lets every side pick the (rank, bits) minimising
+//     bytes + λ·Δ for a price λ, and λ is bracketed and bisected with
+//     measured perplexity.
 func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, error) {
 	sides, err := Sides(target)
 	if err != nil {
@@ -191,26 +192,66 @@ func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, 
 			}
 		}
 	}
-	// 1. Sensitivity of each side.
+	best := Candidate{Setting: Uncompressed(m), PPL: ev.Baseline, Ratio: 1, Within: true, Label: "uncompressed"}
+	try := func(label string, s Setting) (Candidate, error) {
+		c, err := ev.Measure(label, s, budget)
+		if err == nil && c.Within && c.Ratio > best.Ratio {
+			best = c
+		}
+		return c, err
+	}
+	rankFor := func(k key, tau float64) int {
+		d := m.HeadDim(k.kind)
+		r := 1
+		for r < d && exp[k.l][k.kind][r] < tau {
+			r++
+		}
+		return r
+	}
+	// 1. One explained-variance threshold for every side.
+	energy := func(tau float64, b int) Setting {
+		s := Uncompressed(m)
+		for _, k := range keys {
+			s[k.l][k.kind] = Side{rankFor(k, tau), b}
+		}
+		return s
+	}
+	lo, hi := 0.5, 1.0 // τ: lower compresses more
+	bestTau := 1.0
+	for i := 0; i < 7; i++ {
+		tau := (lo + hi) / 2
+		c, err := try(fmt.Sprintf("energy threshold %.4f, 16-bit", tau), energy(tau, 16))
+		if err != nil {
+			return Candidate{}, err
+		}
+		if c.Within {
+			hi, bestTau = tau, tau
+		} else {
+			lo = tau
+		}
+	}
+	for _, b := range bits {
+		if b < 16 && bestTau < 1 {
+			if _, err := try(fmt.Sprintf("energy threshold %.4f, %d-bit", bestTau, b), energy(bestTau, b)); err != nil {
+				return Candidate{}, err
+			}
+		}
+	}
+	// 2. Sensitivity of each side, and the cost of quantization.
 	sens := map[key]float64{}
 	totalSens := 0.0
 	for _, k := range keys {
-		d := m.HeadDim(k.kind)
-		r := 1
-		for r < d-1 && exp[k.l][k.kind][r] < 0.9 {
-			r++
-		}
+		r := min(rankFor(k, 0.7), m.HeadDim(k.kind)-1)
 		s := Uncompressed(m)
 		s[k.l][k.kind] = Side{r, 16}
-		c, err := ev.Measure(fmt.Sprintf("sensitivity: layer %d %s alone at rank %d", k.l, Kinds[k.kind], r), s, budget)
+		c, err := try(fmt.Sprintf("sensitivity: layer %d %s alone at rank %d", k.l, Kinds[k.kind], r), s)
 		if err != nil {
 			return Candidate{}, err
 		}
 		lost := 1 - exp[k.l][k.kind][r]
-		sens[k] = math.Max(c.Delta, 1e-6) / math.Max(lost, 1e-9)
+		sens[k] = math.Max(c.Delta, 1e-5) / math.Max(lost, 1e-9)
 		totalSens += sens[k]
 	}
-	// 2. Quantization cost per bits.
 	quant := map[int]float64{16: 0}
 	for _, b := range bits {
 		if b == 16 {
@@ -220,13 +261,12 @@ func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, 
 		for _, k := range keys {
 			s[k.l][k.kind] = Side{m.HeadDim(k.kind), b}
 		}
-		c, err := ev.Measure(fmt.Sprintf("quantization: all target sides at full rank, %d-bit", b), s, budget)
+		c, err := try(fmt.Sprintf("quantization: all target sides at full rank, %d-bit", b), s)
 		if err != nil {
 			return Candidate{}, err
 		}
 		quant[b] = math.Max(c.Delta, 0) / totalSens
 	}
-	// 3. Price of perplexity vs bytes.
 	h := m.Meta.NKVHeads
 	pick := func(lambda float64) (Setting, float64) {
 		s := Uncompressed(m)
@@ -242,8 +282,7 @@ func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, 
 					}
 					e := exp[k.l][k.kind][r]
 					delta := sens[k]*(1-e) + quant[b]*sens[k]*e
-					cost := float64(SideBytes(h, d, sd)) + lambda*delta
-					if cost < bestCost {
+					if cost := float64(SideBytes(h, d, sd)) + lambda*delta; cost < bestCost {
 						best, bestCost, bestDelta = sd, cost, delta
 					}
 				}
@@ -253,35 +292,57 @@ func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, 
 		}
 		return s, predicted
 	}
-	// Start from the price whose predicted delta meets the budget.
-	lo, hi := 1e-3, 1e12 // λ: small compresses more
-	for i := 0; i < 60; i++ {
-		mid := math.Sqrt(lo * hi)
+	// The price whose predicted delta meets the budget is the first guess...
+	plo, phi := 1e-3, 1e15 // λ: smaller compresses more
+	for i := 0; i < 80; i++ {
+		mid := math.Sqrt(plo * phi)
 		if _, p := pick(mid); p > budget {
-			lo = mid
+			plo = mid
 		} else {
-			hi = mid
+			phi = mid
 		}
 	}
-	lo, hi = hi/64, hi*64
-	best := Candidate{Setting: Uncompressed(m), PPL: ev.Baseline, Ratio: 1, Within: true, Label: "uncompressed"}
-	for i := 0; i < 10; i++ {
-		mid := math.Sqrt(lo * hi)
-		s, p := pick(mid)
-		c, err := ev.Measure(fmt.Sprintf("allocation at price %.3g (predicted %+.2f%%)", mid, 100*p), s, budget)
+	measure := func(lambda float64) (bool, error) {
+		s, p := pick(lambda)
+		c, err := try(fmt.Sprintf("allocation at price %.3g (predicted %+.2f%%)", lambda, 100*p), s)
+		return c.Within, err
+	}
+	// ...then bracket it with measurements (steps of 8x) and bisect.
+	lambda := phi
+	within, err := measure(lambda)
+	if err != nil {
+		return Candidate{}, err
+	}
+	over, ok := lambda, lambda // prices over budget / within budget
+	for step := 0; step < 8; step++ {
+		next := lambda / 8
+		if !within {
+			next = lambda * 8
+		}
+		w, err := measure(next)
 		if err != nil {
 			return Candidate{}, err
 		}
-		if c.Within {
-			if c.Ratio > best.Ratio {
-				best = c
+		if w != within {
+			if w {
+				over, ok = lambda, next
+			} else {
+				over, ok = next, lambda
 			}
-			hi = mid
-		} else {
-			lo = mid
-		}
-		if hi/lo < 1.05 {
 			break
+		}
+		lambda = next
+	}
+	for i := 0; i < 6 && over != ok && math.Max(over, ok)/math.Min(over, ok) > 1.15; i++ {
+		mid := math.Sqrt(over * ok)
+		w, err := measure(mid)
+		if err != nil {
+			return Candidate{}, err
+		}
+		if w {
+			ok = mid
+		} else {
+			over = mid
 		}
 	}
 	return best, nil
