@@ -1,7 +1,10 @@
 package plot
 
 import (
+	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
@@ -19,15 +22,35 @@ func vgimgCanvas(w, h vg.Length) *canvas {
 }
 
 func (c *canvas) save(path string) error {
-	f, err := os.Create(path)
+	return writeAtomic(path, func(w io.Writer) error {
+		_, err := (vgimg.PngCanvas{Canvas: c.img}).WriteTo(w)
+		return err
+	})
+}
+
+// writeAtomic writes a file under a temporary name in the same folder and
+// renames it, so a failure never leaves a half-written file at path.
+func writeAtomic(path string, write func(io.Writer) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err = write(tmp); err != nil {
+		return fmt.Errorf("plot: %s: %w", path, err)
+	}
+	if err = tmp.Chmod(0o644); err != nil {
 		return err
 	}
-	if _, err := (vgimg.PngCanvas{Canvas: c.img}).WriteTo(f); err != nil {
-		f.Close()
+	if err = tmp.Close(); err != nil {
 		return err
 	}
-	return f.Close()
+	return os.Rename(tmp.Name(), path)
 }
 
 type tiles struct{ t draw.Tiles }

@@ -6,6 +6,7 @@ package plot
 import (
 	"fmt"
 	"image/color"
+	"io"
 
 	"github.com/kvtorch/kvtorch/calibration"
 	"gonum.org/v1/plot"
@@ -72,7 +73,14 @@ func Tradeoff(path, title string, budget float64, series []Series) error {
 	p.Add(line)
 	p.Legend.Add(fmt.Sprintf("budget %+.0f%%", 100*budget), line)
 	p.Legend.Top = false
-	return p.Save(8*vg.Inch, 5*vg.Inch, path)
+	wt, err := p.WriterTo(8*vg.Inch, 5*vg.Inch, "png")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, func(w io.Writer) error {
+		_, err := wt.WriteTo(w)
+		return err
+	})
 }
 
 // Spectra draws, per layer, the explained variance (mean over KV heads)

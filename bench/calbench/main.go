@@ -24,6 +24,7 @@ import (
 
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/kvtorch/kvtorch/plot"
+	"github.com/kvtorch/kvtorch/torch"
 )
 
 var (
@@ -35,6 +36,7 @@ var (
 	budget    = flag.Float64("budget", 0.05, "perplexity budget")
 	outDir    = flag.String("figures", "docs/benchmarks", "folder for the PNG figures")
 	skipScale = flag.Bool("skip-scaling", false, "skip the 1x/4x/16x calibration runs")
+	onlyCost  = flag.Bool("only-overhead", false, "measure only the statistics overhead")
 )
 
 type run struct {
@@ -72,6 +74,12 @@ func bench() error {
 	py := os.Getenv("KVTORCH_PYTHON")
 	if py == "" {
 		return fmt.Errorf("KVTORCH_PYTHON is not set (run through `make bench`)")
+	}
+	if err := statsOverhead(); err != nil {
+		return err
+	}
+	if *onlyCost {
+		return nil
 	}
 	kv := "bin/kvtorch"
 	tmp, err := os.MkdirTemp("", "calbench")
@@ -205,4 +213,50 @@ func bench() error {
 	fmt.Printf("\nkvtorch's calibration for these runs took %.1f s (once); the old pipeline re-calibrated %d times.\n",
 		kcal.wall.Seconds(), 7)
 	return plot.Tradeoff(filepath.Join(*outDir, "tradeoff.png"), "reference model: perplexity against KV-cache compression", *budget, series)
+}
+
+// statsOverhead times the forward passes of calibration with and without the
+// statistics hook, alternating, on the same batches.
+func statsOverhead() error {
+	m, err := calibration.LoadModel(*model, torch.CPU)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	texts, _, err := calibration.ReadTexts([]string{*calibDir}, nil)
+	if err != nil {
+		return err
+	}
+	seqs, _ := calibration.Encode(m.Tokenizer, texts, 512, 32)
+	opts := calibration.RunOptions{BatchSize: 8}
+	var bare, stats []float64
+	for round := 0; round < 5; round++ {
+		start := time.Now()
+		if err := calibration.Run(m, seqs, opts); err != nil {
+			return err
+		}
+		bare = append(bare, time.Since(start).Seconds())
+		st := calibration.NewStats(m, torch.Float32)
+		start = time.Now()
+		err := calibration.Run(m, seqs, opts, st)
+		stats = append(stats, time.Since(start).Seconds())
+		st.Close()
+		if err != nil {
+			return err
+		}
+	}
+	b, s := median(bare[1:]), median(stats[1:])
+	fmt.Println("### Cost of the statistics on top of the forward passes")
+	fmt.Println()
+	fmt.Printf("Calibration texts (%d sequences), batch 8, CPU; median of 4 rounds after a warm-up, alternating:\n\n", len(seqs))
+	fmt.Println("| forward passes only | forward + statistics (float32) | overhead |")
+	fmt.Println("| --- | --- | --- |")
+	fmt.Printf("| %.2f s | %.2f s | %+.1f%% |\n\n", b, s, 100*(s/b-1))
+	return nil
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
 }
