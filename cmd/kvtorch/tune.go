@@ -83,7 +83,7 @@ func tuneAction(c *cli.Context) error {
 		}
 	}
 	var best calibration.Candidate
-	method := "sensitivity-weighted allocation with bisection on the price of perplexity"
+	method := "energy-threshold bisection and sensitivity-weighted allocation; best measured candidate"
 	if c.Bool("uniform") {
 		best, _, err = calibration.TuneUniform(ev, target, bits, budget)
 		method = "uniform rank grid (the old tool's search)"
