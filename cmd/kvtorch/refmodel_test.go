@@ -1,0 +1,52 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// The bundled reference model, exported by `make deps`.
+func refModel(t *testing.T) string {
+	p, _ := filepath.Abs("../../build/refmodel.pt")
+	if _, err := os.Stat(p); err != nil {
+		t.Skip("build/refmodel.pt is not exported (run `make deps`)")
+	}
+	return p
+}
+
+func TestPerplexityGrowsAsRankFalls(t *testing.T) {
+	model := refModel(t)
+	cal := filepath.Join(t.TempDir(), "calib.pt")
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", "../../testdata/calib", "--out", cal); code != 0 {
+		t.Fatal(e)
+	}
+	code, out, e := runCLI("eval", "--json", "--model", model, "--calibration", cal, "--texts", "../../testdata/eval",
+		"--max-tokens", "8192", "--ranks", "64,48,32,24,16,8,4")
+	if code != 0 {
+		t.Fatal(e)
+	}
+	var rep struct {
+		Baseline float64 `json:"baseline_ppl"`
+		Rows     []struct {
+			Label string  `json:"label"`
+			PPL   float64 `json:"ppl"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != 8 {
+		t.Fatalf("rows: %+v", rep.Rows)
+	}
+	if rep.Rows[1].PPL != rep.Baseline {
+		t.Fatalf("rank 64 of 64 (uncompressed) gave %v, baseline %v", rep.Rows[1].PPL, rep.Baseline)
+	}
+	for i := 2; i < len(rep.Rows); i++ {
+		if rep.Rows[i].PPL < rep.Rows[i-1].PPL {
+			t.Fatalf("perplexity fell as the rank fell: %s %.4f < %s %.4f", rep.Rows[i].Label, rep.Rows[i].PPL, rep.Rows[i-1].Label, rep.Rows[i-1].PPL)
+		}
+	}
+	t.Logf("baseline %.4f, rank 4: %.4f", rep.Baseline, rep.Rows[len(rep.Rows)-1].PPL)
+}
