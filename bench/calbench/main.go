@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -245,7 +246,7 @@ func statsOverhead() error {
 			return err
 		}
 	}
-	b, s := median(bare[1:]), median(stats[1:])
+	b, s := stat.Median(bare[1:]), stat.Median(stats[1:])
 	fmt.Println("### Cost of the statistics on top of the forward passes")
 	fmt.Println()
 	fmt.Printf("Calibration texts (%d sequences), batch 8, CPU; median of 4 rounds after a warm-up, alternating:\n\n", len(seqs))
@@ -253,10 +254,4 @@ func statsOverhead() error {
 	fmt.Println("| --- | --- | --- |")
 	fmt.Printf("| %.2f s | %.2f s | %+.1f%% |\n\n", b, s, 100*(s/b-1))
 	return nil
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }

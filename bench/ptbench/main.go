@@ -8,12 +8,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"time"
 
 	"github.com/kvtorch/kvtorch/torch/pt"
@@ -117,7 +117,7 @@ func run(mib, n, rounds int, dir string) error {
 	fmt.Printf(".pt I/O: %d float32 tensors, %.2f GiB per file, median of %d rounds (Go and Python alternating)\n", n, gib, rounds)
 	fmt.Printf("  %-32s %8s %10s\n", "", "seconds", "GiB/s")
 	row := func(name string, xs []float64) float64 {
-		m := median(xs)
+		m := stat.Median(xs)
 		fmt.Printf("  %-32s %8.3f %10.2f\n", name, m, gib/m)
 		return m
 	}
@@ -129,10 +129,4 @@ func run(mib, n, rounds int, dir string) error {
 	fmt.Printf("  write throughput, Go/Python: %.2fx (pt.Write), %.2fx (pt.Save)\n", ps/gw, ps/gs)
 	fmt.Printf("  read throughput, Go/Python:  %.2fx\n", pl/gr)
 	return nil
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }

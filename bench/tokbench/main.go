@@ -8,11 +8,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/kvtorch/kvtorch/tokenizer"
@@ -107,7 +107,7 @@ func run(tokPath, textDir string, rounds int) error {
 	}
 	mb := float64(size) / 1e6
 	// The first round fills both BPE caches; report the median of the rest.
-	g, p := median(goTimes[1:]), median(res.Times[1:])
+	g, p := stat.Median(goTimes[1:]), stat.Median(res.Times[1:])
 	fmt.Printf("tokenizer: %s on %d files (%.2f MB, %d tokens), single thread, median of %d warm rounds\n",
 		filepath.Base(tokPath), len(docs), mb, tokens, rounds-1)
 	fmt.Printf("  kvtorch Go tokenizer     %7.2f MB/s  (first round %.2f MB/s)\n", mb/g, mb/goTimes[0])
@@ -118,10 +118,3 @@ func run(tokPath, textDir string, rounds int) error {
 	}
 	return nil
 }
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
