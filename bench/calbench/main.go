@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/kvtorch/kvtorch/plot"
 	"github.com/kvtorch/kvtorch/torch"

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"github.com/kvtorch/kvtorch/torch/pt"
 )
 

@@ -8,13 +8,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"github.com/kvtorch/kvtorch/tokenizer"
 )
 
