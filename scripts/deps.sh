@@ -15,7 +15,9 @@ if [ -f "$stamp" ]; then
   echo "$venv"
   exit 0
 fi
-python=${KVTORCH_PYTHON:-python3}
+# The interpreter the venv is made from (not KVTORCH_PYTHON: the Makefile
+# points that at the venv itself).
+python=${KVTORCH_BASE_PYTHON:-python3}
 echo "deps: creating $venv (first run downloads torch and its CUDA runtime wheels, a few GB)" >&2
 mkdir -p "$home"
 rm -rf "$venv"
