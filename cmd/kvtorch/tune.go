@@ -13,10 +13,13 @@ import (
 var tuneCommand = &cli.Command{
 	Name:  "tune",
 	Usage: "find per-layer ranks (and latent bits) that compress most within a perplexity budget",
-	Description: "Uses ONE calibration and measures perplexity on held-out text (never the calibration text).\n" +
-		"It measures each layer's and side's sensitivity, models each side's cost, and bisects a price\n" +
-		"of perplexity against bytes with measured evaluations; every candidate is printed. --uniform\n" +
-		"reproduces the old Python tool's search instead (one rank for every layer, V only by default).\n" +
+	Description: "Uses one calibration and measures perplexity on held-out text (never the calibration text).\n" +
+		"Two searches, the best measured candidate wins: one explained-variance threshold for every\n" +
+		"layer and side, bisected (then tried with 8/4-bit latents); and an allocation from each\n" +
+		"side's measured sensitivity, with a price of perplexity against bytes bracketed and bisected.\n" +
+		"Every candidate is printed (about 30 evaluations for a 6-layer model). --uniform reproduces\n" +
+		"the old Python tool's search instead (one rank for every layer, V only by default). Use\n" +
+		"enough held-out text (--max-tokens) for the budget to hold on new text.\n" +
 		"Writes the preset (docs/preset-format.md).",
 	Flags: append(append([]cli.Flag{}, evalFlags...),
 		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, Usage: "perplexity budget as a fraction (0.05: +5%)"},
