@@ -70,7 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "kvtorch: "+oneLine(err.Error()))
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "flag provided but not defined") {
+	msg := err.Error()
+	if errors.As(err, &ue) || strings.HasPrefix(msg, "flag provided but not defined") || strings.HasPrefix(msg, "Required flag") {
 		return 2
 	}
 	return 1

@@ -35,7 +35,7 @@ func TestHelpListsCommands(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{"no-such-command"}, {"version", "--no-such-flag"}, {"version", "extra"}} {
+	for _, args := range [][]string{{"no-such-command"}, {"version", "--no-such-flag"}, {"version", "extra"}, {"check"}} {
 		code, _, errOut := runCLI(args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
