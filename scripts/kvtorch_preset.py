@@ -21,6 +21,10 @@ accounting of the preset's bytes_per_token_after.
 Keys: presets for pre_rope models compress keys before rotary embedding. The
 cache receives post-RoPE keys, so it un-rotates them (positions 0, 1, 2, …
 for each row: no left padding) and rotates the expanded keys back.
+
+Limits: the cache re-expands all latents at every step (memory, not speed, is
+what it saves), and it supports appending tokens only: cropping, beam search
+reordering and batch selection raise NotImplementedError.
 """
 import hashlib
 import json
@@ -189,6 +193,12 @@ if DynamicCache is not None:
 
         def get_seq_length(self):
             return self.length
+
+        def _unsupported(self, *args, **kwargs):
+            raise NotImplementedError("KVTorchCache supports appending tokens (prefill and greedy or sampled "
+                                      "generation); cropping, beam reordering and batch selection are not implemented")
+
+        crop = batch_repeat_interleave = batch_select_indices = reorder_cache = _unsupported
 
         def nbytes(self):
             return (self.zk.nbytes + self.zv.nbytes) if self.zk is not None else 0

@@ -109,6 +109,9 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
         assert layer.nbytes() == meta["layers"][l]["bytes_per_token_after"] * t
     assert cache.nbytes() == meta["bytes_per_token_after"] * t
 
+    with pytest.raises(NotImplementedError):
+        cache.layers[0].crop(1)
+
     # generate runs with the compressed cache.
     out = hf.generate(wins[:1, :16], past_key_values=KVTorchCache(preset, hf), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 20)
