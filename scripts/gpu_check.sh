@@ -3,6 +3,9 @@
 #
 #   scripts/gpu_check.sh PATH/TO/kvtorch [OUT_DIR]
 #
+# Prepare on a machine with Go: make build; cp bin/kvtorch .gpu/;
+# go test -c -o .gpu/torch.test ./torch (optional: the torch package's tests).
+#
 # Takes a kvtorch binary built elsewhere (make build), rebuilds libkvtorch.so
 # against this machine's torch, then on CUDA: calibrates, tunes and checks the
 # reference model and a tiny random transformers model exported here with
@@ -22,6 +25,12 @@ cmake -S . -B /tmp/kvtorch-gpu -DCMAKE_PREFIX_PATH="$TP" -DCMAKE_BUILD_TYPE=Rele
 cmake --build /tmp/kvtorch-gpu -j"$(nproc)" >/dev/null
 export LD_LIBRARY_PATH=/tmp/kvtorch-gpu
 "$bin" version | tee "$out/version.txt"
+# The Go torch package's tests, when a test binary was built elsewhere
+# (go test -c -o torch.test ./torch) and put next to the kvtorch binary.
+if [ -x "$(dirname "$bin")/torch.test" ]; then
+  log "torch package tests on this machine (CUDA tests included)"
+  (cd torch && "$(dirname "$bin")/torch.test" -test.v 2>&1 | tail -40 | tee -a "$out/summary.txt")
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
 
 log "reference model: export for cuda and cpu"
