@@ -29,7 +29,7 @@ export LD_LIBRARY_PATH=/tmp/kvtorch-gpu
 # (go test -c -o torch.test ./torch) and put next to the kvtorch binary.
 if [ -x "$(dirname "$bin")/torch.test" ]; then
   log "torch package tests on this machine (CUDA tests included)"
-  (cd torch && "$(dirname "$bin")/torch.test" -test.v 2>&1 | tail -40 | tee -a "$out/summary.txt")
+  (cd torch && KVTORCH_PYTHON="$PY" "$(dirname "$bin")/torch.test" -test.v 2>&1 | tail -40 | tee -a "$out/summary.txt")
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
 
