@@ -3,7 +3,6 @@ package calibration
 import (
 	"fmt"
 	"math"
-	"sort"
 )
 
 // Evaluator measures perplexity of settings on held-out text, counting
@@ -346,9 +345,4 @@ func Tune(ev *Evaluator, target string, bits []int, budget float64) (Candidate, 
 		}
 	}
 	return best, nil
-}
-
-// SortCandidates orders candidates by compression ratio.
-func SortCandidates(cs []Candidate) {
-	sort.Slice(cs, func(i, j int) bool { return cs[i].Ratio < cs[j].Ratio })
 }

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,8 +40,7 @@ func loadVectors(t *testing.T) map[string]vectorSet {
 		ref, _ := filepath.Abs("../testdata/refmodel.tokenizer.json")
 		out, err := exec.Command(py, "testdata/vectors.py", dir, ref).CombinedOutput()
 		if err != nil {
-			vectorsErr = &exec.ExitError{}
-			vectorsErr = errorsJoin(err, string(out))
+			vectorsErr = fmt.Errorf("vectors.py: %v\n%s", err, out)
 			return
 		}
 		b, err := os.ReadFile(filepath.Join(dir, "vectors.json"))
@@ -55,15 +55,6 @@ func loadVectors(t *testing.T) map[string]vectorSet {
 	}
 	return vectors
 }
-
-type textErr struct {
-	err error
-	out string
-}
-
-func (e textErr) Error() string { return e.err.Error() + "\n" + e.out }
-
-func errorsJoin(err error, out string) error { return textErr{err, out} }
 
 func TestMatchesHuggingFace(t *testing.T) {
 	vs := loadVectors(t)
