@@ -131,7 +131,6 @@ func disjoint(cal *calibration.Calibration, set *calibration.EvalSet) error {
 	return nil
 }
 
-
 // writeCandidates writes --candidates (JSON) and --plot (PNG).
 func writeCandidates(c *cli.Context, measured []calibration.Candidate, chosen calibration.Candidate, budget float64) error {
 	if p := c.String("candidates"); p != "" {

@@ -10,6 +10,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"go/format"
 	"os"
 	"os/exec"
 	"sort"
@@ -101,7 +102,12 @@ func main() {
 		fmt.Fprintf(&sb, "\t0x%04X: %q,\n", r, lower[r])
 	}
 	sb.WriteString("}\n")
-	if err := os.WriteFile("tokenizer/hfgaps_table.go", []byte(sb.String()), 0o644); err != nil {
+	src, err := format.Source([]byte(sb.String()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gengaps: format:", err)
+		os.Exit(1)
+	}
+	if err := os.WriteFile("tokenizer/hfgaps_table.go", src, 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "gengaps:", err)
 		os.Exit(1)
 	}
