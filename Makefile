@@ -61,6 +61,7 @@ FORCE:
 
 ## test: every test, against real libtorch (CUDA tests skip without a GPU)
 test: build
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	cd scripts && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
