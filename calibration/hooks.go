@@ -140,14 +140,44 @@ func runBatch(m *Model, b *Batch, hooks []Hook) error {
 		return fmt.Errorf("batch %d: %w", b.Index, err)
 	}
 	defer out.Close()
+	if err := checkAllFinite(out, b); err != nil {
+		return err
+	}
 	for l := 0; l < m.Meta.NLayers; l++ {
-		for kind, t := range []*torch.Tensor{out.Keys[l], out.Values[l]} {
-			if err := checkFinite(t, b, l, Kinds[kind]); err != nil {
+		for _, h := range hooks {
+			if err := h.Observe(b, l, out.Keys[l], out.Values[l]); err != nil {
 				return err
 			}
 		}
-		for _, h := range hooks {
-			if err := h.Observe(b, l, out.Keys[l], out.Values[l]); err != nil {
+	}
+	return nil
+}
+
+// checkAllFinite checks every K and V of a forward pass with one device
+// synchronisation: NaN and Inf survive a sum, so the sum of the per-layer
+// sums is finite when they all are (or overflowed, which the exact check
+// below then clears). Only then is each layer and head checked, to name it.
+func checkAllFinite(out *Output, b *Batch) error {
+	var tmp scratch
+	defer tmp.free()
+	var total *torch.Tensor
+	for _, x := range append(append([]*torch.Tensor{}, out.Keys...), out.Values...) {
+		s, err := tmp.keep(x.Sum(false))
+		if err != nil {
+			return err
+		}
+		if total == nil {
+			total = s
+		} else if total, err = tmp.keep(total.Add(s)); err != nil {
+			return err
+		}
+	}
+	if ok, err := total.AllFinite(); err != nil || ok {
+		return err
+	}
+	for l := range out.Keys {
+		for kind, t := range []*torch.Tensor{out.Keys[l], out.Values[l]} {
+			if err := checkFinite(t, b, l, Kinds[kind]); err != nil {
 				return err
 			}
 		}
