@@ -189,8 +189,12 @@ def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
     }
     extra = {"kvtorch.json": json.dumps(meta, indent=2), "tokenizer.json": tokenizer_json}
     tmp = out + ".tmp"
-    torch.jit.save(traced, tmp, _extra_files=extra)
-    os.replace(tmp, out)
+    try:
+        torch.jit.save(traced, tmp, _extra_files=extra)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):  # a failed save leaves nothing behind
+            os.remove(tmp)
     return meta
 
 

@@ -338,8 +338,12 @@ def cmd_export(args):
     extra = {"kvtorch.json": json.dumps(metadata(c, args.device), indent=2), "tokenizer.json": tokenizer}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
-    torch.jit.save(traced, tmp, _extra_files=extra)
-    os.replace(tmp, args.out)
+    try:
+        torch.jit.save(traced, tmp, _extra_files=extra)
+        os.replace(tmp, args.out)
+    finally:
+        if os.path.exists(tmp):  # a failed save leaves nothing behind
+            os.remove(tmp)
     print(f"exported {args.out} ({args.device})")
 
 
