@@ -21,7 +21,9 @@
 // DeepSeek templates add one; GPT-2, Qwen2 and kvtorch's reference model add
 // none).
 //
-// Pre-tokenizer regexes use look-ahead, which Go's regexp lacks; they run on
-// github.com/dlclark/regexp2, whose Unicode classes (\s, \p{L}, \p{N}) match
-// the Oniguruma engine that HF tokenizers uses.
+// Pre-tokenizer regexes use look-ahead, which Go's regexp lacks. The GPT-2,
+// Llama-3 and Qwen2 patterns run on hand-written matchers (scan.go), checked
+// against the regex engine; others run on github.com/dlclark/regexp2, whose
+// Unicode classes (\s, \p{L}, \p{N}) match the Oniguruma engine that HF
+// tokenizers uses.
 package tokenizer

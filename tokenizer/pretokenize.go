@@ -28,6 +28,9 @@ const (
 type matcher func(s string) [][2]int
 
 func regexMatcher(pattern string) (matcher, error) {
+	if m := fastMatcher(pattern); m != nil {
+		return m, nil
+	}
 	re, err := regexp2.Compile(pattern, regexp2.None)
 	if err != nil {
 		return nil, err
