@@ -27,10 +27,17 @@ const (
 // matcher finds the non-overlapping matches of a pattern, as byte ranges.
 type matcher func(s string) [][2]int
 
+// regexMatcher matches pattern with a hand-written matcher when there is one
+// (scan.go), else with regexp2.
 func regexMatcher(pattern string) (matcher, error) {
 	if m := fastMatcher(pattern); m != nil {
 		return m, nil
 	}
+	return regexp2Matcher(pattern)
+}
+
+// regexp2Matcher matches pattern with the regexp2 engine.
+func regexp2Matcher(pattern string) (matcher, error) {
 	re, err := regexp2.Compile(pattern, regexp2.None)
 	if err != nil {
 		return nil, err
