@@ -3,9 +3,8 @@ package plot
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
@@ -28,29 +27,12 @@ func (c *canvas) save(path string) error {
 	})
 }
 
-// writeAtomic writes a file under a temporary name in the same folder and
-// renames it, so a failure never leaves a half-written file at path.
-func writeAtomic(path string, write func(io.Writer) error) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
+// writeAtomic writes a PNG so that a failure leaves no half-written file.
+func writeAtomic(path string, write func(io.Writer) error) error {
+	if err := atomicfile.Write(path, write); err != nil {
 		return fmt.Errorf("plot: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err = write(tmp); err != nil {
-		return fmt.Errorf("plot: %s: %w", path, err)
-	}
-	if err = tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
 type tiles struct{ t draw.Tiles }

@@ -5,49 +5,21 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
 )
 
 // Save writes v to path in torch.save's format (see the package comment for
 // the value types). The write is atomic: the file is written under a
 // temporary name in the same folder, synced, and renamed, so a crash never
 // leaves a half-written file under path.
-func Save(path string, v any) (err error) {
-	if st, serr := os.Stat(path); serr == nil && !st.Mode().IsRegular() {
-		return fmt.Errorf("pt: save %s: not a regular file; refusing to replace it", path)
-	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+func Save(path string, v any) error {
+	err := atomicfile.Write(path, func(w io.Writer) error { return Write(w, v, archiveName(path)) })
 	if err != nil {
 		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err = tmp.Chmod(0o644); err != nil { // CreateTemp makes 0600 files
-		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	if err = Write(tmp, v, archiveName(path)); err != nil {
-		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("pt: save %s: %w", path, err)
-	}
-	if d, derr := os.Open(dir); derr == nil { // make the rename durable
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }
