@@ -33,6 +33,18 @@ func SideBytes(h, d int, sd Side) int {
 	return h * per
 }
 
+// layerBytes is one layer's cache bytes per token, K and V together, before
+// (uncompressed) and after compression by pair.
+func layerBytes(m *Model, pair [2]Side) (before, after int) {
+	h := m.Meta.NKVHeads
+	for kind, sd := range pair {
+		d := m.HeadDim(kind)
+		before += h * d * CacheBytesPerElement
+		after += SideBytes(h, d, sd)
+	}
+	return before, after
+}
+
 // PresetLayer is one layer of a preset.
 type PresetLayer struct {
 	Layer               int `json:"layer"`
@@ -113,10 +125,9 @@ func NewPreset(m *Model, cal *Calibration, calPath, calSHA string, s Setting, ta
 	ranks, bits := map[int]bool{}, map[int]bool{}
 	for l, pair := range s {
 		pl := PresetLayer{Layer: l, RankK: pair[0].Rank, RankV: pair[1].Rank, BitsK: pair[0].Bits, BitsV: pair[1].Bits}
+		pl.BytesPerTokenBefore, pl.BytesPerTokenAfter = layerBytes(m, pair)
 		for kind, sd := range pair {
 			d := m.HeadDim(kind)
-			pl.BytesPerTokenBefore += h * d * CacheBytesPerElement
-			pl.BytesPerTokenAfter += SideBytes(h, d, sd)
 			if sd.compressed(d) {
 				ranks[sd.Rank] = true
 				bits[sd.Bits] = true

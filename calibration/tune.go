@@ -48,13 +48,10 @@ func NewEvaluator(m *Model, cal *Calibration, e *EvalSet, batchSize int) (*Evalu
 // Ratio is the compression ratio of setting s (bytes per token before/after).
 func (ev *Evaluator) Ratio(s Setting) float64 {
 	before, after := 0, 0
-	h := ev.M.Meta.NKVHeads
 	for _, pair := range s {
-		for kind, sd := range pair {
-			d := ev.M.HeadDim(kind)
-			before += h * d * CacheBytesPerElement
-			after += SideBytes(h, d, sd)
-		}
+		b, a := layerBytes(ev.M, pair)
+		before += b
+		after += a
 	}
 	return float64(before) / float64(after)
 }
