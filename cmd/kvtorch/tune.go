@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/kvtorch/kvtorch/plot"
@@ -169,4 +170,24 @@ func writeCandidates(c *cli.Context, measured []calibration.Candidate, chosen ca
 			[]plot.Series{{Name: name + " (candidates; chosen: large mark)", Points: pts, Chosen: &plot.Point{Ratio: chosen.Ratio, Delta: chosen.Delta}}})
 	}
 	return nil
+}
+
+// printPreset shows a preset as a table.
+func printPreset(w io.Writer, p *calibration.Preset, path string) {
+	fmt.Fprintf(w, "preset %s: %s (%s keys), calibration %s\n", path, p.ModelFile, p.KVSource, p.CalibrationFile)
+	fmt.Fprintf(w, "%5s %7s %7s %7s %7s %12s %12s\n", "layer", "rank_k", "bits_k", "rank_v", "bits_v", "bytes/token", "before")
+	for _, l := range p.Layers {
+		fmt.Fprintf(w, "%5d %7d %7d %7d %7d %12d %12d\n", l.Layer, l.RankK, l.BitsK, l.RankV, l.BitsV, l.BytesPerTokenAfter, l.BytesPerTokenBefore)
+	}
+	fmt.Fprintf(w, "KV cache: %d -> %d bytes per token (%d-byte elements before): %.2fx compression\n",
+		p.BytesBefore, p.BytesAfter, p.CacheBytesPerElem, p.CompressionRatio)
+	fmt.Fprintf(w, "perplexity %.4f -> %.4f (%+.2f%%) at seq-len %d over %d held-out tokens; %d evaluations\n",
+		p.BaselinePPL, p.CompressedPPL, 100*p.PPLDelta, p.Eval.SeqLen, p.Eval.Tokens, evaluations(p))
+}
+
+func evaluations(p *calibration.Preset) int {
+	if p.Search == nil {
+		return 0
+	}
+	return p.Search.Evaluations
 }

@@ -98,23 +98,15 @@ func (e *encoder) ints(xs []int64) { // as a tuple
 }
 
 func (e *encoder) seq(xs []any, tuple bool) error {
-	if tuple {
+	switch {
+	case tuple && len(xs) == 0:
+		e.op(opEmptyTuple)
+		return nil
+	case !tuple:
+		e.op(opEmptyList) // items are appended to it
 		if len(xs) == 0 {
-			e.op(opEmptyTuple)
 			return nil
 		}
-		e.op(opMark)
-		for _, x := range xs {
-			if err := e.value(x); err != nil {
-				return err
-			}
-		}
-		e.op(opTuple)
-		return nil
-	}
-	e.op(opEmptyList)
-	if len(xs) == 0 {
-		return nil
 	}
 	e.op(opMark)
 	for _, x := range xs {
@@ -122,7 +114,11 @@ func (e *encoder) seq(xs []any, tuple bool) error {
 			return err
 		}
 	}
-	e.op(opAppends)
+	if tuple {
+		e.op(opTuple)
+	} else {
+		e.op(opAppends)
+	}
 	return nil
 }
 
