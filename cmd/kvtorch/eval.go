@@ -125,12 +125,14 @@ func evalAction(c *cli.Context) error {
 		return usagef("--%v", err)
 	}
 	calPath := c.String("calibration")
-	if p := c.String("preset"); p != "" && !c.IsSet("calibration") {
-		pr, err := calibration.LoadPreset(p)
-		if err != nil {
+	var preset *calibration.Preset // read once, before anything is loaded
+	if p := c.String("preset"); p != "" {
+		if preset, err = calibration.LoadPreset(p); err != nil {
 			return err
 		}
-		calPath = resolveNear(pr.CalibrationFile, p)
+		if !c.IsSet("calibration") {
+			calPath = resolveNear(preset.CalibrationFile, p)
+		}
 	}
 	es, err := setupEval(c, calPath, textPaths(c, "texts", "eval"))
 	if err != nil {
@@ -148,11 +150,8 @@ func evalAction(c *cli.Context) error {
 		return nil
 	}
 	switch {
-	case c.String("preset") != "":
-		pr, err := calibration.LoadPreset(c.String("preset"))
-		if err != nil {
-			return err
-		}
+	case preset != nil:
+		pr := preset
 		if pr.ModelSHA256 != es.m.SHA256 || pr.CalibrationSHA256 != es.calSHA {
 			return fmt.Errorf("preset %s was made for another model or calibration (sha256 mismatch)", c.String("preset"))
 		}
