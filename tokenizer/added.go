@@ -20,8 +20,9 @@ type addedToken struct {
 // segment is a piece of input text: either an added token (id >= 0) or text
 // for the normalizer, pre-tokenizer and model.
 type segment struct {
-	text string
-	id   int
+	text  string
+	id    int
+	start int // byte offset in the text split
 }
 
 // addedMatcher finds added tokens in text, leftmost-longest and
@@ -49,12 +50,16 @@ func newAddedMatcher(tokens []addedToken) *addedMatcher {
 	return m
 }
 
-func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsNumber(r) || r == '_' }
+// isWordRune is HF's word character for single_word added tokens: Rust's
+// char::is_alphanumeric (Alphabetic or Numeric) or '_'.
+func isWordRune(r rune) bool {
+	return unicode.IsLetter(r) || unicode.Is(unicode.Nl, r) || unicode.Is(unicode.Other_Alphabetic, r) || isNumeric(r) || r == '_'
+}
 
 // split cuts text into segments around the added tokens it contains.
 func (m *addedMatcher) split(text string, out []segment) []segment {
 	if m == nil || len(m.byFirst) == 0 {
-		return append(out, segment{text, -1})
+		return append(out, segment{text, -1, 0})
 	}
 	prev := 0 // end of the last emitted piece
 	for i := 0; i < len(text); {
@@ -98,13 +103,13 @@ func (m *addedMatcher) split(text string, out []segment) []segment {
 			}
 		}
 		if start > prev {
-			out = append(out, segment{text[prev:start], -1})
+			out = append(out, segment{text[prev:start], -1, prev})
 		}
-		out = append(out, segment{hit.Content, hit.ID})
+		out = append(out, segment{hit.Content, hit.ID, start})
 		prev, i = stop, stop
 	}
 	if prev < len(text) {
-		out = append(out, segment{text[prev:], -1})
+		out = append(out, segment{text[prev:], -1, prev})
 	}
 	return out
 }

@@ -6,21 +6,42 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"unicode/utf8"
 )
 
 // Tokenizer encodes text as a HuggingFace tokenizer.json describes. It is
 // safe for concurrent use.
 type Tokenizer struct {
-	normalize   normalizer
-	preTok      []preTokenizer
-	model       *bpe
-	rawAdded    *addedMatcher // added tokens matched on the raw text (normalized: false)
-	normAdded   *addedMatcher // matched on normalized text (normalized: true)
-	added       map[int]addedToken
-	prefix      []int // post-processor: ids before the text
-	suffix      []int // and after it
-	byteDecoder bool
-	idToToken   map[int]string
+	normalize normalizer
+	preTok    []preTokenizer
+	model     model
+	rawAdded  *addedMatcher // added tokens matched on the raw text (normalized: false)
+	normAdded *addedMatcher // matched on normalized text (normalized: true)
+	added     map[int]addedToken
+	prefix    []int // post-processor: ids before the text
+	suffix    []int // and after it
+	decoder   decoder
+	idToToken map[int]string
+}
+
+// model turns one pre-tokenized piece into ids: BPE or Unigram.
+type model interface {
+	tokenize(word string, out []int) []int
+	vocabulary() map[string]int
+}
+
+func parseModel(raw json.RawMessage) (model, error) {
+	var kind component
+	if err := json.Unmarshal(raw, &kind); err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	switch kind.Type {
+	case "BPE", "":
+		return parseBPE(raw)
+	case "Unigram":
+		return parseUnigram(raw)
+	}
+	return nil, fmt.Errorf("model %q is not supported (supported: BPE, Unigram)", kind.Type)
 }
 
 // LoadFile reads a tokenizer.json file.
@@ -63,7 +84,7 @@ func Load(data []byte) (*Tokenizer, error) {
 	if t.preTok, err = parsePreTokenizer(f.PreTokenizer); err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	if t.model, err = parseBPE(f.Model); err != nil {
+	if t.model, err = parseModel(f.Model); err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
 	var raw, normed []addedToken
@@ -79,19 +100,26 @@ func Load(data []byte) (*Tokenizer, error) {
 	if t.prefix, t.suffix, err = parsePostProcessor(f.PostProcessor); err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	if t.byteDecoder, err = parseDecoder(f.Decoder); err != nil {
+	if t.decoder, err = parseDecoder(f.Decoder); err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	t.idToToken = make(map[int]string, len(t.model.vocab))
-	for tok, id := range t.model.vocab {
+	vocab := t.model.vocabulary()
+	t.idToToken = make(map[int]string, len(vocab))
+	for tok, id := range vocab {
 		t.idToToken[id] = tok
+	}
+	for id, a := range t.added {
+		if a.Normalized && t.normalize != nil { // HF decodes a normalized added token as its normalized form
+			a.Content, _ = t.normalize(a.Content)
+			t.added[id] = a
+		}
 	}
 	return t, nil
 }
 
 // VocabSize is the number of ids: the model's vocabulary and the added tokens.
 func (t *Tokenizer) VocabSize() int {
-	n := len(t.model.vocab)
+	n := len(t.model.vocabulary())
 	for id := range t.added {
 		if _, ok := t.idToToken[id]; !ok {
 			n++
@@ -107,12 +135,14 @@ func (t *Tokenizer) TokenID(token string) (int, bool) {
 			return id, true
 		}
 	}
-	id, ok := t.model.vocab[token]
+	id, ok := t.model.vocabulary()[token]
 	return id, ok
 }
 
 // Encode returns the ids of text as HF's tokenizer.encode(text) does (with
-// add_special_tokens=True: the post-processor's tokens included).
+// add_special_tokens=True: the post-processor's tokens included). Text that
+// is not valid UTF-8 is read as Python's bytes.decode(errors="replace")
+// would: each invalid sequence becomes U+FFFD.
 func (t *Tokenizer) Encode(text string) []int {
 	ids := append([]int(nil), t.prefix...)
 	ids = t.encodeText(text, ids)
@@ -124,64 +154,64 @@ func (t *Tokenizer) Encode(text string) []int {
 func (t *Tokenizer) EncodePlain(text string) []int { return t.encodeText(text, nil) }
 
 func (t *Tokenizer) encodeText(text string, ids []int) []int {
-	var pieces []string
+	if !utf8.ValidString(text) {
+		text = lossyUTF8([]byte(text))
+	}
+	var pieces, next []piece
 	for _, seg := range t.rawAdded.split(text, nil) {
 		if seg.id >= 0 {
 			ids = append(ids, seg.id)
 			continue
 		}
-		s := seg.text
+		s, keep := seg.text, true
 		if t.normalize != nil {
-			s = t.normalize(s)
+			s, keep = t.normalize(s)
 		}
 		for _, nseg := range t.normAdded.split(s, nil) {
 			if nseg.id >= 0 {
 				ids = append(ids, nseg.id)
 				continue
 			}
-			pieces = append(pieces[:0], nseg.text)
+			if nseg.text == "" {
+				continue
+			}
+			pieces = append(pieces[:0], piece{nseg.text, seg.start == 0 && keep && nseg.start == 0})
 			for _, p := range t.preTok {
-				var next []string
-				for _, piece := range pieces {
-					next = p(piece, next)
+				next = next[:0]
+				for _, pc := range pieces {
+					next = p(pc, next)
 				}
-				pieces = next
+				pieces, next = next, pieces
 			}
 			for _, w := range pieces {
-				ids = t.model.tokenize(w, ids)
+				ids = t.model.tokenize(w.text, ids)
 			}
 		}
 	}
 	return ids
 }
 
-// Decode turns ids back into text (the ByteLevel decoder); unknown ids are
-// skipped.
+// Decode turns ids back into text as HF's decode(ids) does (with its default
+// skip_special_tokens=True): each id's token (unknown ids skipped, special
+// added tokens left out) through the decoder, or joined by spaces when the
+// file has no decoder.
 func (t *Tokenizer) Decode(ids []int) string {
-	var sb strings.Builder
-	var pending []byte
-	flush := func() {
-		sb.Write(pending)
-		pending = pending[:0]
-	}
+	tokens := make([]string, 0, len(ids))
 	for _, id := range ids {
 		if a, ok := t.added[id]; ok {
-			flush()
-			sb.WriteString(a.Content)
+			if !a.Special {
+				tokens = append(tokens, a.Content)
+			}
 			continue
 		}
-		tok, ok := t.idToToken[id]
-		if !ok {
-			continue
-		}
-		if t.byteDecoder {
-			pending = append(pending, fromByteLevel(tok)...)
-		} else {
-			pending = append(pending, tok...)
+		if tok, ok := t.idToToken[id]; ok {
+			tokens = append(tokens, tok)
 		}
 	}
-	flush()
-	return strings.ToValidUTF8(sb.String(), "\uFFFD")
+	if t.decoder == nil {
+		return strings.Join(tokens, " ")
+	}
+	return strings.Join(t.decoder(tokens), "")
 }
 
 func parsePostProcessor(raw json.RawMessage) (prefix, suffix []int, err error) {
@@ -243,18 +273,4 @@ func parsePostProcessor(raw json.RawMessage) (prefix, suffix []int, err error) {
 		return prefix, suffix, nil
 	}
 	return nil, nil, fmt.Errorf("post_processor %q is not supported (supported: ByteLevel, TemplateProcessing, Sequence)", c.Type)
-}
-
-func parseDecoder(raw json.RawMessage) (bool, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return false, nil
-	}
-	var c component
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return false, fmt.Errorf("decoder: %w", err)
-	}
-	if c.Type == "ByteLevel" {
-		return true, nil
-	}
-	return false, fmt.Errorf("decoder %q is not supported (supported: ByteLevel)", c.Type)
 }

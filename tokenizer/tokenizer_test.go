@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,17 +16,28 @@ import (
 
 type vectorSet struct {
 	Tokenizer string  `json:"tokenizer"`
-	Cases     [][]any `json:"cases"` // [text, [ids...]]
+	Cases     [][]any `json:"cases"` // [text, [ids...], HF's decode(ids)]
+}
+
+// ids returns the ids of a case.
+func caseIDs(c []any) []int {
+	want := []int{}
+	for _, x := range c[1].([]any) {
+		want = append(want, int(x.(float64)))
+	}
+	return want
 }
 
 var (
 	vectorsOnce sync.Once
 	vectors     map[string]vectorSet
+	vectorsDir  string
 	vectorsErr  error
 )
 
 // loadVectors runs testdata/vectors.py once (HF tokenizers in the project's
-// venv) and returns its test vectors.
+// venv) and returns its test vectors. The real model's tokenizer.json is
+// included when `make real-model` has made it (KVTORCH_REAL_MODEL_DIR).
 func loadVectors(t *testing.T) map[string]vectorSet {
 	py := os.Getenv("KVTORCH_PYTHON")
 	if py == "" {
@@ -37,8 +49,13 @@ func loadVectors(t *testing.T) map[string]vectorSet {
 			vectorsErr = err
 			return
 		}
+		vectorsDir = dir
 		ref, _ := filepath.Abs("../testdata/refmodel.tokenizer.json")
-		out, err := exec.Command(py, "testdata/vectors.py", dir, ref).CombinedOutput()
+		args := []string{"testdata/vectors.py", dir, ref}
+		if real := os.Getenv("KVTORCH_REAL_MODEL_DIR"); real != "" {
+			args = append(args, filepath.Join(real, "tokenizer.json"))
+		}
+		out, err := exec.Command(py, args...).CombinedOutput()
 		if err != nil {
 			vectorsErr = fmt.Errorf("vectors.py: %v\n%s", err, out)
 			return
@@ -73,10 +90,7 @@ func TestMatchesHuggingFace(t *testing.T) {
 			bad := 0
 			for _, c := range set.Cases {
 				text := c[0].(string)
-				var want []int
-				for _, x := range c[1].([]any) {
-					want = append(want, int(x.(float64)))
-				}
+				want := caseIDs(c)
 				got := tok.Encode(text)
 				if !slices.Equal(got, want) {
 					bad++
@@ -94,16 +108,64 @@ func TestMatchesHuggingFace(t *testing.T) {
 	}
 }
 
-func TestDecodeRoundTrip(t *testing.T) {
+// TestDecodeMatchesHuggingFace checks Decode against HF's decode(ids) on the
+// ids of every vector: the decoders (ByteLevel, ByteFallback, Fuse, Strip,
+// Replace, Metaspace, Sequence) and the special-token filter.
+func TestDecodeMatchesHuggingFace(t *testing.T) {
 	vs := loadVectors(t)
-	tok, err := LoadFile(vs["gpt2"].Tokenizer)
+	for name, set := range vs {
+		t.Run(name, func(t *testing.T) {
+			tok, err := LoadFile(set.Tokenizer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad := 0
+			for _, c := range set.Cases {
+				want := c[2].(string)
+				if got := tok.Decode(caseIDs(c)); got != want {
+					bad++
+					if bad <= 5 {
+						t.Errorf("Decode of %q:\n got  %q\n want %q", c[0], got, want)
+					}
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%d of %d decodes differ", bad, len(set.Cases))
+			}
+		})
+	}
+}
+
+// TestSerdeFloat checks that Unigram scores are read as HF reads them
+// (serde_json's parser): for every decimal string, the float64 HF holds.
+func TestSerdeFloat(t *testing.T) {
+	loadVectors(t)
+	b, err := os.ReadFile(filepath.Join(vectorsDir, "serde_floats.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range vs["gpt2"].Cases[:500] {
-		text := c[0].(string)
-		if got := tok.Decode(tok.Encode(text)); got != text {
-			t.Fatalf("Decode(Encode(%q)) = %q", text, got)
+	var cases [][2]string
+	if err := json.Unmarshal(b, &cases); err != nil {
+		t.Fatal(err)
+	}
+	nearest := 0
+	for _, c := range cases {
+		want, err := strconv.ParseFloat(c[1], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := serdeFloat([]byte(c[0]))
+		if err != nil || got != want {
+			t.Errorf("serdeFloat(%s) = %v, %v; HF holds %v", c[0], got, err, want)
+		}
+		if n, _ := strconv.ParseFloat(c[0], 64); n != want {
+			nearest++
+		}
+	}
+	t.Logf("%d numbers; HF's value is not the nearest float64 for %d of them", len(cases), nearest)
+	for _, bad := range []string{"", "-", "1.", ".5", "1e", "--1", "1x", "1e999"} {
+		if _, err := serdeFloat([]byte(bad)); err == nil {
+			t.Errorf("serdeFloat(%q): no error", bad)
 		}
 	}
 }
@@ -111,15 +173,18 @@ func TestDecodeRoundTrip(t *testing.T) {
 func TestUnsupportedComponents(t *testing.T) {
 	base := `{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}`
 	cases := map[string]string{
-		`{"model": {"type": "Unigram", "vocab": []}}`:                                                       `model "Unigram"`,
-		`{"model": {"type": "WordPiece", "vocab": {}}}`:                                                     `model "WordPiece"`,
-		base + `, "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "_"}}`:           `normalizer "Replace"`,
-		base + `, "pre_tokenizer": {"type": "Metaspace", "replacement": "_"}}`:                              `pre_tokenizer "Metaspace"`,
-		base + `, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Contiguous"}}`: `behavior "Contiguous"`,
-		base + `, "post_processor": {"type": "BertProcessing"}}`:                                            `post_processor "BertProcessing"`,
-		base + `, "decoder": {"type": "WordPiece"}}`:                                                        `decoder "WordPiece"`,
-		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": true}}`:                "byte_fallback",
-		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}`:                                  "not in the vocabulary",
+		`{"model": {"type": "Unigram", "vocab": []}}`:                                                         `Unigram: empty vocabulary`,
+		`{"model": {"type": "Unigram", "vocab": [["a", -1.0]]}}`:                                              `without unk_id`,
+		`{"model": {"type": "WordPiece", "vocab": {}}}`:                                                       `model "WordPiece"`,
+		base + `, "normalizer": {"type": "Precompiled", "precompiled_charsmap": "AA=="}}`:                     `normalizer Precompiled`,
+		base + `, "normalizer": {"type": "BertNormalizer"}}`:                                                  `normalizer "BertNormalizer"`,
+		base + `, "pre_tokenizer": {"type": "Metaspace", "replacement": "_", "prepend_scheme": "sometimes"}}`: `prepend_scheme "sometimes"`,
+		base + `, "pre_tokenizer": {"type": "Whitespace"}}`:                                                   `pre_tokenizer "Whitespace"`,
+		base + `, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Contiguous"}}`:   `behavior "Contiguous"`,
+		base + `, "post_processor": {"type": "BertProcessing"}}`:                                              `post_processor "BertProcessing"`,
+		base + `, "decoder": {"type": "WordPiece"}}`:                                                          `decoder "WordPiece"`,
+		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": "<unk>"}}`:                   `unk_token "<unk>" is not in the vocabulary`,
+		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}`:                                    "not in the vocabulary",
 		`not json`: "not a tokenizer.json",
 	}
 	for in, want := range cases {
@@ -146,10 +211,7 @@ func TestConcurrentEncode(t *testing.T) {
 		go func(g int) {
 			defer wg.Done()
 			for _, c := range set.Cases[g*100 : g*100+100] {
-				want := make([]int, 0)
-				for _, x := range c[1].([]any) {
-					want = append(want, int(x.(float64)))
-				}
+				want := caseIDs(c)
 				if got := tok.Encode(c[0].(string)); !slices.Equal(got, want) {
 					t.Errorf("goroutine %d: %q differs", g, c[0])
 					return
