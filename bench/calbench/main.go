@@ -1,5 +1,5 @@
 // Command calbench runs kvtorch and the Python pipeline it replaces
-// (scripts/oldtool.py) side by side on the same model and texts, in one
+// (bench/oldtool/oldtool.py) side by side on the same model and texts, in one
 // invocation, and prints Markdown for docs/BENCHMARKS.md:
 //
 //   - calibration wall time and peak RSS at 1x, 4x and 16x the tokens;
@@ -117,7 +117,7 @@ func bench() error {
 				Tokens int64 `json:"tokens"`
 			}
 			json.Unmarshal(k.out, &sum)
-			o, err := measure(py, append([]string{"scripts/oldtool.py", "calibrate", "--model", *model, "--rank", "48",
+			o, err := measure(py, append([]string{"bench/oldtool/oldtool.py", "calibrate", "--model", *model, "--rank", "48",
 				"--out", filepath.Join(tmp, "o.pt"), "--texts"}, texts...)...)
 			if err != nil {
 				return err
@@ -179,7 +179,7 @@ func bench() error {
 		series = append(series, s)
 	}
 	// The Python pipeline's own search over the same grid, re-calibrating per rank.
-	o, err := measure(py, "scripts/oldtool.py", "tune", "--model", *model, "--calib-texts", *calibDir, "--texts", *evalDir,
+	o, err := measure(py, "bench/oldtool/oldtool.py", "tune", "--model", *model, "--calib-texts", *calibDir, "--texts", *evalDir,
 		"--target", "v", "--target-ppl-delta", fmt.Sprint(*budget), "--max-tokens", fmt.Sprint(*maxTokens), "--workdir", tmp)
 	if err != nil {
 		return err

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import TESTDATA
-from kvtorch_hook import KVHook, project_eager
+from kvtorch.hook import KVHook, project_eager
 import refmodel
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(TESTDATA, "refmodel.safetensors")),

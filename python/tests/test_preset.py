@@ -1,4 +1,4 @@
-"""scripts/kvtorch_preset.py against the Go numbers: presets made by
+"""kvtorch.Preset and KVTorchCache against the Go numbers: presets made by
 `kvtorch tune` give the same perplexity through Preset.compress/expand (the
 reference model) and through KVTorchCache (tiny random transformers models),
 and the cache stores exactly the bytes the preset accounts for."""
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, TESTDATA
-from kvtorch_preset import KVTorchCache, Preset
+from kvtorch import KVTorchCache, Preset
 import oldtool
 from tiny_models import tiny_model
 
@@ -77,7 +77,7 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     model.save_pretrained(folder)
     (folder / "tokenizer.json").write_text(tiny_tokenizer)
     model_pt = str(tmp_path / "model.pt")
-    args = [sys.executable, os.path.join(ROOT, "scripts", "export_hf.py"), str(folder), "-o", model_pt]
+    args = [sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt]
     if kv != "mla_latent":
         args += ["--kv-source", kv]
     subprocess.run(args, check=True, capture_output=True)
@@ -119,7 +119,7 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
 
 def test_compress_expand_shapes_and_packing(tmp_path):
     """4-bit latents pack two per byte; odd ranks pad; expand inverts compress."""
-    from kvtorch_preset import Latents
+    from kvtorch import Latents
 
     z = Latents(torch.zeros(1, 1, 3, 3, dtype=torch.uint8), torch.ones(1, 1, 3, 1, dtype=torch.float16), 4, 5)
     assert z.nbytes == 9 + 6

@@ -1,6 +1,6 @@
 """kvtorch presets for PyTorch users: plain torch, no Go binary needed.
 
-    from kvtorch_preset import Preset
+    from kvtorch import Preset
     p = Preset("preset.json")                 # finds the calibration it names, checks its sha256
     z = p.compress(layer, "k", k)             # k: [B, H, T, D] -> Latents (what a cache stores)
     k_hat = p.expand(layer, "k", z)           # back to [B, H, T, D]
@@ -8,7 +8,7 @@
 With transformers installed, KVTorchCache stores the latents (quantized when
 the preset says so) instead of full K/V, for real memory savings in generate:
 
-    from kvtorch_preset import KVTorchCache
+    from kvtorch import KVTorchCache
     cache = KVTorchCache(p, model)
     model.generate(ids, past_key_values=cache, max_new_tokens=50)
     cache.nbytes()                            # bytes actually stored
@@ -140,79 +140,3 @@ class Preset:
     def bytes_per_token(self, layer):
         """The preset's accounting for a layer (both sides)."""
         return self.preset["layers"][layer]["bytes_per_token_after"]
-
-
-def _rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-try:
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # transformers is optional
-    DynamicCache = None
-
-
-if DynamicCache is not None:
-
-    class KVTorchLayer(DynamicLayer):
-        """One layer of KVTorchCache: stores Latents, returns expanded K/V."""
-
-        def __init__(self, preset, layer, rotary=None):
-            super().__init__()
-            self.preset, self.layer, self.rotary = preset, layer, rotary
-            self.zk = self.zv = None
-            self.length = 0
-
-        def _rope(self, x, start):
-            pos = torch.arange(start, start + x.shape[-2], device=x.device)[None, :].expand(x.shape[0], -1)
-            cos, sin = self.rotary(x, pos)
-            return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            dtype = key_states.dtype
-            k = key_states.float()
-            if self.rotary is not None:  # pre_rope preset: un-rotate the incoming keys
-                cos, sin = self._rope(k, self.length)
-                k = k * cos - _rotate_half(k) * sin
-            zk = self.preset.compress(self.layer, "k", k)
-            zv = self.preset.compress(self.layer, "v", value_states)
-            self.zk = zk if self.zk is None else self.zk.cat(zk)
-            self.zv = zv if self.zv is None else self.zv.cat(zv)
-            self.length += key_states.shape[-2]
-            keys = self.preset.expand(self.layer, "k", self.zk)
-            if self.rotary is not None:
-                cos, sin = self._rope(keys, 0)
-                keys = keys * cos + _rotate_half(keys) * sin
-            values = self.preset.expand(self.layer, "v", self.zv)
-            # Keep only empty placeholders: the latents are the cache.
-            self.keys = self.values = torch.empty(0, dtype=dtype, device=key_states.device)
-            return keys.to(dtype), values.to(dtype)
-
-        def get_seq_length(self):
-            return self.length
-
-        def _unsupported(self, *args, **kwargs):
-            raise NotImplementedError("KVTorchCache supports appending tokens (prefill and greedy or sampled "
-                                      "generation); cropping, beam reordering and batch selection are not implemented")
-
-        crop = batch_repeat_interleave = batch_select_indices = reorder_cache = _unsupported
-
-        def nbytes(self):
-            return (self.zk.nbytes + self.zv.nbytes) if self.zk is not None else 0
-
-    class KVTorchCache(DynamicCache):
-        """A transformers cache that stores kvtorch latents instead of full K/V."""
-
-        def __init__(self, preset, model):
-            super().__init__(config=model.config)
-            rotary = None
-            if preset.kv_source == "pre_rope":
-                rotary = model.model.rotary_emb
-            self.layers = [KVTorchLayer(preset, i, rotary) for i in range(len(preset.layers))]
-
-        def nbytes(self):
-            """Bytes of latents (and scales) held, all layers."""
-            return sum(layer.nbytes() for layer in self.layers)

@@ -1,4 +1,4 @@
-"""scripts/export_hf.py on tiny random-weight models of every supported architecture."""
+"""kvtorch.export on tiny random-weight models of every supported architecture."""
 import json
 import os
 import subprocess
@@ -8,19 +8,20 @@ import pytest
 import torch
 
 from conftest import HERE
-from kvtorch_hook import project_eager
+from kvtorch.hook import project_eager
 from tiny_models import tiny_model
-import export_hf
+from kvtorch import export
 
-SCRIPT = os.path.join(os.path.dirname(HERE), "export_hf.py")
-CASES = [(a, kv) for a in export_hf.GQA for kv in ("pre_rope", "post_rope")] + [("deepseek_v2", "mla_latent")]
+EXPORT = [sys.executable, "-m", "kvtorch.export"]
+CASES = [(a, kv) for a in export.GQA for kv in ("pre_rope", "post_rope")] + [("deepseek_v2", "mla_latent")]
+SLIDING = ("gemma2", "gemma3_text")  # tiny configs with a sliding window of 8
 TOKENIZER = json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}})
 
 
 def exported(arch, kv, tmp_path):
     model = tiny_model(arch)
     out = str(tmp_path / f"{arch}.pt")
-    meta = export_hf.export(model, TOKENIZER, None if kv == "mla_latent" else kv, "cpu", out, arch)
+    meta = export.export(model, TOKENIZER, None if kv == "mla_latent" else kv, "cpu", out, arch)
     return torch.jit.load(out), meta
 
 
@@ -29,6 +30,7 @@ def captured_reference(arch, kv, ids):
     mla_latent) or the projection outputs (pre_rope)."""
     model = tiny_model(arch)
     caught = {}
+    layout = export.KEY_NORM_LAYOUT.get(arch, "flat")
     if kv == "pre_rope":
         for i, layer in enumerate(model.model.layers):
             a = layer.self_attn
@@ -42,11 +44,49 @@ def captured_reference(arch, kv, ids):
         b, t = ids.shape
         h = model.config.num_key_value_heads
 
-        def heads(x):
-            return (x if x.dim() == 4 else x.view(b, t, h, -1)).transpose(1, 2)
-        return out.logits, [heads(caught[(i, "k")]) for i in range(n)], [heads(caught[(i, "v")]) for i in range(n)]
+        def heads(x, layout):
+            if layout == "bhtd":
+                return x
+            return (x if layout == "bthd" else x.view(b, t, h, -1)).transpose(1, 2)
+        return (out.logits, [heads(caught[(i, "k")], layout) for i in range(n)],
+                [heads(caught[(i, "v")], "flat") for i in range(n)])
+    if arch in SLIDING and kv == "post_rope":  # the cache keeps only the window: catch K/V in attention
+        return captured_in_attention(arch, ids)
     layers = out.past_key_values.layers
     return out.logits, [l.keys for l in layers], [l.values for l in layers]
+
+
+def wrap_attention(model, name, fn):
+    """Routes the model's attention through fn(module, q, k, v) -> (k, v)
+    before the attention it uses (its eager function, or sdpa)."""
+    from transformers import AttentionInterface
+
+    impl = model.config._attn_implementation
+
+    def attn(module, q, k, v, mask, **kw):
+        k, v = fn(module, q, k, v)
+        if impl == "eager":
+            inner = sys.modules[type(module).__module__].eager_attention_forward
+        else:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
+        return inner(module, q, k, v, mask, **kw)
+    AttentionInterface.register(name, attn)
+    model.set_attn_implementation(name)
+
+
+def captured_in_attention(arch, ids):
+    """Logits and post-RoPE K/V as the eager model's attention receives them."""
+    model = tiny_model(arch)
+    caught = {}
+
+    def catch(module, q, k, v):
+        caught[(module.layer_idx, "k")], caught[(module.layer_idx, "v")] = k, v
+        return k, v
+    wrap_attention(model, "capture_kv", catch)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=False)
+    n = model.config.num_hidden_layers
+    return out.logits, [caught[(i, "k")] for i in range(n)], [caught[(i, "v")] for i in range(n)]
 
 
 @pytest.mark.parametrize("arch,kv", CASES)
@@ -90,23 +130,32 @@ def eager_projected(arch, kv, bases, rank, ids):
         else:
             h = model.config.num_key_value_heads
 
-            def via_heads(fn, out, per_head):
+            def via_heads(fn, out, layout):
+                if layout == "bhtd":
+                    return fn(out)
                 b, t = out.shape[:2]
-                x = out.transpose(1, 2) if per_head else out.view(b, t, h, -1).transpose(1, 2)
+                x = out.transpose(1, 2) if layout == "bthd" else out.view(b, t, h, -1).transpose(1, 2)
                 return fn(x).transpose(1, 2).reshape(out.shape)
             kmod = a.k_norm if hasattr(a, "k_norm") else a.k_proj
-            kmod.register_forward_hook(lambda m, inp, out, pk=pk, ph=hasattr(a, "k_norm"): via_heads(pk, out, ph))
-            a.v_proj.register_forward_hook(lambda m, inp, out, pv=pv: via_heads(pv, out, False))
+            layout = export.KEY_NORM_LAYOUT.get(arch, "flat") if hasattr(a, "k_norm") else "flat"
+            kmod.register_forward_hook(lambda m, inp, out, pk=pk, lay=layout: via_heads(pk, out, lay))
+            a.v_proj.register_forward_hook(lambda m, inp, out, pv=pv: via_heads(pv, out, "flat"))
     if kv == "post_rope":
-        from transformers import AttentionInterface
-
-        def attn(module, q, k, v, mask, **kw):
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward
-            return sdpa_attention_forward(module, q, module.k_hook(k), module.v_hook(v), mask, **kw)
-        AttentionInterface.register("eager_projected", attn)
-        model.set_attn_implementation("eager_projected")
+        wrap_attention(model, "eager_projected", lambda module, q, k, v: (module.k_hook(k), module.v_hook(v)))
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch", SLIDING)
+def test_sliding_window_generalises(arch, tmp_path):
+    """Traced at 16 tokens, the model's sliding-window masks (window 8) still
+    hold at 40: the logits equal the eager model's."""
+    m, _ = exported(arch, "pre_rope", tmp_path)
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = tiny_model(arch)(input_ids=ids).logits
+        got = m(ids)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("arch,kv", CASES)
@@ -143,7 +192,7 @@ def test_cli_exports_a_saved_model(tmp_path):
     model.save_pretrained(folder)
     (folder / "tokenizer.json").write_text(TOKENIZER)
     out = tmp_path / "q.pt"
-    r = subprocess.run([sys.executable, SCRIPT, str(folder), "-o", str(out), "--kv-source", "post_rope"],
+    r = subprocess.run([*EXPORT, str(folder), "-o", str(out), "--kv-source", "post_rope"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     files = {"kvtorch.json": "", "tokenizer.json": ""}
@@ -158,7 +207,7 @@ def test_cli_refuses_unsupported_architecture(tmp_path):
 
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(folder)
-    r = subprocess.run([sys.executable, SCRIPT, str(folder), "-o", str(tmp_path / "x.pt")], capture_output=True, text=True)
+    r = subprocess.run([*EXPORT, str(folder), "-o", str(tmp_path / "x.pt")], capture_output=True, text=True)
     assert r.returncode == 1
     assert "unsupported architecture 'gpt2'" in r.stderr and "llama" in r.stderr
     assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,361 @@
+"""Exports a HuggingFace causal LM to a kvtorch model (docs/model-contract.md).
+
+    python -m kvtorch.export MODEL --output model.pt [--device cpu|cuda] [--dtype float32]
+                             [--kv-source pre_rope|post_rope] [--tokenizer tokenizer.json]
+
+MODEL is a hub id, a local folder (from save_pretrained), or a GGUF file (or
+a folder holding one), which is dequantized to --dtype. The result is a
+TorchScript file whose forward(input_ids) returns (logits, keys, values) with
+one [B, H_kv, T, D] tensor per layer, compression hooks (KVHook buffers) in
+every attention layer, and kvtorch.json and tokenizer.json stored inside.
+
+Supported architectures: llama, mistral, qwen2, qwen3, gemma2 and gemma3
+text models (keys pre_rope, the default, or post_rope) and deepseek_v2
+(mla_latent: keys are the shared KV latent, values the RoPE key part, one
+"head" each). A traced file runs only on the device it was traced on.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+
+import torch
+from torch import nn
+
+from kvtorch.hook import KVHook
+
+GQA = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+MLA = ("deepseek_v2",)
+SUPPORTED = GQA + MLA
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Where a per-head key norm (before RoPE) puts the heads: Qwen3 normalises the
+# [B, T, H, D] view, Gemma 3 the [B, H, T, D] one.
+KEY_NORM_LAYOUT = {"qwen3": "bthd", "gemma3_text": "bhtd"}
+
+
+class ExportError(Exception):
+    pass
+
+
+def attention_modules(model):
+    return [layer.self_attn for layer in model.model.layers]
+
+
+class CaptureHook(nn.Module):
+    """Wraps a projection (or k_norm): its output, viewed as [B, H, T, D], is
+    kept in .captured (the true pre-RoPE K or V) and replaced by the hook's
+    output. The hook itself is registered on the attention module, not here."""
+
+    def __init__(self, inner, hook_owner, hook_name, heads, dim, layout):
+        super().__init__()
+        self.inner = inner
+        self._owner = [hook_owner]  # a plain list: do not register the attention module twice
+        self.hook_name = hook_name
+        self.heads = heads
+        self.dim = dim
+        self.layout = layout  # output is [B, T, H*D] ("flat"), [B, T, H, D] ("bthd") or [B, H, T, D] ("bhtd")
+        self.captured = None
+
+    def forward(self, x):
+        y = self.inner(x)
+        shape = y.shape
+        if self.layout == "bhtd":
+            heads = y
+        elif self.layout == "bthd":
+            heads = y.transpose(1, 2)
+        else:
+            heads = y.view(shape[0], shape[1], self.heads, self.dim).transpose(1, 2)
+        self.captured = heads
+        hooked = getattr(self._owner[0], self.hook_name)(heads)
+        if self.layout == "bhtd":
+            return hooked
+        return hooked.transpose(1, 2).reshape(shape)
+
+
+def kvtorch_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention with the kvtorch hook on the post-RoPE keys and the values:
+    the true K and V are kept on the module, the hooked ones go to the
+    attention the model would have used (sdpa, or its eager function for
+    soft-capping)."""
+    module.kvtorch_k, module.kvtorch_v = key, value
+    if module.kvtorch_inner == "eager":
+        inner = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
+    return inner(module, query, module.k_hook(key), module.v_hook(value), attention_mask, **kwargs)
+
+
+def attention_implementation(cfg):
+    """sdpa, or eager where the model soft-caps attention logits (Gemma 2),
+    which sdpa cannot."""
+    return "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
+
+
+class Exported(nn.Module):
+    def __init__(self, model, kv_source):
+        super().__init__()
+        self.model = model
+        self.kv_source = kv_source
+
+    def forward(self, input_ids):
+        atts = attention_modules(self.model)
+        if self.kv_source == "pre_rope":
+            out = self.model(input_ids=input_ids, use_cache=False)
+            keys = tuple(a.k_proj.captured if isinstance(a.k_proj, CaptureHook) else a.k_norm.captured for a in atts)
+            values = tuple(a.v_proj.captured for a in atts)
+        elif self.kv_source == "post_rope":
+            out = self.model(input_ids=input_ids, use_cache=False)
+            keys = tuple(a.kvtorch_k for a in atts)
+            values = tuple(a.kvtorch_v for a in atts)
+        else:  # mla_latent: the cache holds the latent and the RoPE key part
+            out = self.model(input_ids=input_ids, use_cache=True)
+            layers = out.past_key_values.layers
+            keys = tuple(l.keys for l in layers)
+            values = tuple(l.values for l in layers)
+        return out.logits, keys, values
+
+
+def install_hooks(model, kv_source):
+    """Adds k_hook/v_hook to every attention module and routes K and V through
+    them. Returns (head dim of K, of V, KV heads) for the metadata."""
+    cfg = model.config
+    mt = cfg.model_type
+    atts = attention_modules(model)
+    if mt in MLA:
+        dk, dv, heads = cfg.kv_lora_rank, cfg.qk_rope_head_dim, 1
+        for a in atts:
+            a.k_hook = KVHook(1, dk)
+            a.v_hook = KVHook(1, dv)
+            orig = a.expand_kv
+
+            def expand(kv_nope, k_rot, _a=a, _orig=orig):
+                return _orig(_a.k_hook(kv_nope), _a.v_hook(k_rot))
+            a.expand_kv = expand
+        return dk, dv, heads
+    heads = cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    impl = attention_implementation(cfg)
+    for a in atts:
+        a.k_hook = KVHook(heads, d)
+        a.v_hook = KVHook(heads, d)
+        if kv_source == "pre_rope":
+            if hasattr(a, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm on keys before RoPE
+                a.k_norm = CaptureHook(a.k_norm, a, "k_hook", heads, d, KEY_NORM_LAYOUT[mt])
+            else:
+                a.k_proj = CaptureHook(a.k_proj, a, "k_hook", heads, d, "flat")
+            a.v_proj = CaptureHook(a.v_proj, a, "v_hook", heads, d, "flat")
+        else:
+            a.kvtorch_inner = impl
+    if kv_source == "post_rope":
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("kvtorch", kvtorch_attention)
+        model.set_attn_implementation("kvtorch")
+    else:
+        model.set_attn_implementation(impl)
+    return d, d, heads
+
+
+def find_gguf(path):
+    """The GGUF file a model argument names: a .gguf file, or the one .gguf
+    in a folder without config.json; None for anything else."""
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return path
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        found = sorted(glob.glob(os.path.join(path, "*.gguf")))
+        if len(found) > 1:
+            raise ExportError(f"{path} holds {len(found)} .gguf files; name one")
+        if found:
+            return found[0]
+    return None
+
+
+def check_architecture(cfg):
+    mt = cfg.model_type
+    if mt == "gemma3":
+        raise ExportError("gemma3 multimodal checkpoints are not supported; export the text model (gemma3_text)")
+    if mt not in SUPPORTED:
+        raise ExportError(f"unsupported architecture {mt!r}; kvtorch exports {', '.join(SUPPORTED)}")
+
+
+def load(model_id, dtype):
+    """Loads a model for export: (model, tokenizer.json text or None)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf = find_gguf(model_id)
+    if gguf is None:
+        cfg = AutoConfig.from_pretrained(model_id)
+        check_architecture(cfg)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=DTYPES[dtype])
+        return model.eval(), None
+    return load_gguf(gguf, dtype)
+
+
+def load_gguf(path, dtype):
+    """A GGUF file, dequantized to dtype: transformers reads it (with the gguf
+    package) into a model it marks as quantized, which neither saves nor
+    traces as a plain model; so a plain model is built from its config and
+    given its weights. The tokenizer comes from the file too."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise ExportError("reading GGUF files needs the gguf package (pip install gguf accelerate)") from e
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    cfg = AutoConfig.from_pretrained(folder, gguf_file=name)
+    check_architecture(cfg)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=DTYPES[dtype])
+    cfg = quantized.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = type(quantized)(cfg).to(DTYPES[dtype])
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ExportError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
+            tokenizer_json = f.read()
+    return model.eval(), tokenizer_json
+
+
+def save_hf(model, tokenizer_json, folder):
+    """save_pretrained of a plain (unhooked) model, with its tokenizer.json."""
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(tokenizer_json)
+
+
+def hook_prefix(model, attn):
+    for name, mod in model.named_modules():
+        if mod is attn:
+            return name
+    raise ExportError("attention module not found")
+
+
+def first_id(ids):
+    return ids if not isinstance(ids, (list, tuple)) else (ids[0] if ids else None)
+
+
+def adds_bos(tokenizer_json, bos):
+    """Whether the tokenizer's post-processor prepends the BOS token."""
+    try:
+        from tokenizers import Tokenizer
+
+        ids = Tokenizer.from_str(tokenizer_json).encode("a").ids
+    except Exception:  # noqa: BLE001 - a tokenizer kvtorch will refuse later names itself then
+        return False
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
+    cfg = model.config
+    mt = cfg.model_type
+    if mt in MLA:
+        if kv_source not in (None, "mla_latent"):
+            raise ExportError(f"{mt} uses multi-head latent attention: kv_source must be mla_latent, not {kv_source}")
+        kv_source = "mla_latent"
+    elif kv_source not in ("pre_rope", "post_rope"):
+        raise ExportError(f"kv_source for {mt} must be pre_rope or post_rope, not {kv_source}")
+    dk, dv, heads = install_hooks(model, kv_source)
+    model = model.to(device)
+    wrapper = Exported(model, kv_source).eval()
+    example = torch.randint(0, cfg.vocab_size, (2, trace_len), device=device)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (example,), strict=False, check_trace=False)
+    # e.g. "model.model.layers.0.self_attn" -> "model.model.layers.{layer}.self_attn"
+    prefix = re.sub(r"\.0(\.|$)", r".{layer}\1", hook_prefix(wrapper, attention_modules(model)[0]), count=1)
+    bos = first_id(getattr(cfg, "bos_token_id", None))
+    meta = {
+        "format_version": 1,
+        "name": name,
+        "architecture": mt,
+        "n_layers": cfg.num_hidden_layers,
+        "n_heads": cfg.num_attention_heads,
+        "n_kv_heads": heads,
+        "head_dim_k": dk,
+        "head_dim_v": dv,
+        "vocab_size": cfg.vocab_size,
+        "max_positions": cfg.max_position_embeddings,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": device,
+        "kv_source": kv_source,
+        "hook": {"k": prefix + ".k_hook", "v": prefix + ".v_hook"},
+        "tokenizer": "tokenizer.json",
+        "add_bos": adds_bos(tokenizer_json, bos),
+        "bos_token_id": bos,
+        "eos_token_id": first_id(cfg.eos_token_id),
+    }
+    extra = {"kvtorch.json": json.dumps(meta, indent=2), "tokenizer.json": tokenizer_json}
+    tmp = out + ".tmp"
+    try:
+        torch.jit.save(traced, tmp, _extra_files=extra)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):  # a failed save leaves nothing behind
+            os.remove(tmp)
+    return meta
+
+
+def find_tokenizer(model_id, explicit):
+    path = explicit or os.path.join(model_id, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    if explicit is None and not os.path.isdir(model_id):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            with open(hf_hub_download(model_id, "tokenizer.json"), encoding="utf-8") as f:
+                return f.read()
+        except Exception as e:  # noqa: BLE001 - reported below
+            raise ExportError(f"no tokenizer.json for {model_id} ({e}); pass --tokenizer") from e
+    raise ExportError(f"no tokenizer.json at {path}; pass --tokenizer")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m kvtorch.export", description=__doc__.splitlines()[0],
+                                 epilog="Supported: " + ", ".join(SUPPORTED) + ". Example: python -m kvtorch.export "
+                                 "Qwen/Qwen2.5-0.5B -o qwen.pt; python -m kvtorch.export model.Q4_K_M.gguf -o m.pt")
+    ap.add_argument("model", help="hub id, local folder, or .gguf file (or a folder holding one)")
+    ap.add_argument("--output", "-o", required=True)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; the file runs only there")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--kv-source", choices=["pre_rope", "post_rope", "mla_latent"], default=None,
+                    help="pre_rope (default) or post_rope keys; deepseek_v2 is always mla_latent")
+    ap.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
+    ap.add_argument("--name", help="model name stored in the metadata (default: the folder or file name)")
+    ap.add_argument("--save-hf", metavar="DIR", help="also save the loaded model (a GGUF file dequantized) and its "
+                    "tokenizer.json as a HuggingFace folder, for transformers users")
+    args = ap.parse_args(argv)
+    try:
+        if os.path.abspath(args.output) == os.path.abspath(args.model):
+            raise ExportError("--output is the model itself")
+        model, tok = load(args.model, args.dtype)
+        if args.tokenizer or tok is None:
+            tok = find_tokenizer(args.model, args.tokenizer)
+        if args.save_hf:
+            save_hf(model, tok, args.save_hf)
+        kv = args.kv_source
+        if kv is None and model.config.model_type not in MLA:
+            kv = "pre_rope"
+        name = args.name or os.path.basename(args.model.rstrip("/")).removesuffix(".gguf")
+        meta = export(model, tok, kv, args.device, args.output, name=name)
+    except (ExportError, OSError, ValueError) as e:
+        print(f"kvtorch.export: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"exported {args.output}: {meta['architecture']}, {meta['n_layers']} layers, "
+          f"{meta['n_kv_heads']} KV heads of {meta['head_dim_k']}, kv_source {meta['kv_source']}, {args.device}")
+
+
+if __name__ == "__main__":
+    main()
