@@ -95,7 +95,9 @@ FORCE:
 test: build real-model
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) vet ./...
 	$(GO) test -count=1 ./...
+	CGO_ENABLED=0 $(GO) test -count=1 ./torch ./pt ./tokenizer
 	cd python && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
 
 ## demo: the main job on the bundled reference model: calibrate, tune at +5%, check

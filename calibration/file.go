@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/kvtorch/kvtorch/torch"
-	"github.com/kvtorch/kvtorch/torch/pt"
+	"github.com/kvtorch/kvtorch/pt"
 )
 
 // FormatVersion is the version of the calibration and statistics files

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 try:
-    from kvtorch.hook import KVHook
+    from kvtorch.hook import FORMAT_VERSION, KVHook
 except ImportError:  # a checkout without the package installed
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-    from kvtorch.hook import KVHook
+    from kvtorch.hook import FORMAT_VERSION, KVHook
 
 
 @dataclass
@@ -309,7 +309,7 @@ def load_model(data_dir):
 
 def metadata(c: Config, device: str):
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "name": "kvtorch-refmodel",
         "architecture": "kvtorch-ref",
         "n_layers": c.n_layers,

@@ -1,8 +1,5 @@
 package torch
 
-// #include "kvtorch.h"
-import "C"
-
 import (
 	"fmt"
 	"strconv"
@@ -56,35 +53,3 @@ func ParseDevice(s string) (Device, error) {
 	}
 	return Device{}, fmt.Errorf("torch: unknown device %q (want cpu, cuda or cuda:N)", s)
 }
-
-// Check returns an error when the device does not exist here, e.g. CUDA on a
-// machine without a GPU.
-func (d Device) Check() error {
-	return takeErr("device "+d.String(), C.kvt_device_check(C.int(d.Type), C.int(d.Index)))
-}
-
-// Synchronize waits until all work queued on a CUDA device has finished; for
-// the CPU it does nothing.
-func (d Device) Synchronize() error {
-	return takeErr("synchronize "+d.String(), C.kvt_device_synchronize(C.int(d.Type), C.int(d.Index)))
-}
-
-// CUDAAvailable reports whether libtorch sees at least one CUDA device.
-func CUDAAvailable() bool { return C.kvt_cuda_is_available() != 0 }
-
-// CUDADeviceCount is the number of CUDA devices libtorch sees.
-func CUDADeviceCount() int { return int(C.kvt_cuda_device_count()) }
-
-// DefaultDevice is cuda:0 when CUDA is available, the CPU otherwise.
-func DefaultDevice() Device {
-	if CUDAAvailable() {
-		return CUDA(0)
-	}
-	return CPU
-}
-
-// Version is the version of libtorch that libkvtorch.so was built against.
-func Version() string { return C.GoString(C.kvt_torch_version()) }
-
-// ManualSeed seeds libtorch's random number generators (CPU and CUDA).
-func ManualSeed(seed uint64) { C.kvt_manual_seed(C.uint64_t(seed)) }

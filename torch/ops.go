@@ -59,7 +59,7 @@ func int64Ptr(xs []int64) *C.int64_t {
 // never returned: the result is a new handle even when nothing changes).
 func (t *Tensor) To(dev Device, dtype DType) (*Tensor, error) {
 	return t.unary("to "+dev.String()+" "+dtype.String(), func(c *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err {
-		return C.kvt_to(c, C.int(dtype), C.int(dev.Type), C.int(dev.Index), out)
+		return C.kvt_to(c, cDType(dtype), C.int(dev.Type), C.int(dev.Index), out)
 	})
 }
 

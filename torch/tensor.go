@@ -50,7 +50,7 @@ func (t *Tensor) DType() DType {
 	if t == nil || t.c == nil {
 		return Invalid
 	}
-	d := DType(C.kvt_tensor_dtype(t.c))
+	d := goDType(C.kvt_tensor_dtype(t.c))
 	runtime.KeepAlive(t)
 	return d
 }
@@ -163,7 +163,7 @@ func FromBytes(data []byte, dtype DType, shape ...int64) (*Tensor, error) {
 
 func fromData(p unsafe.Pointer, nbytes uintptr, dtype DType, shape []int64) (*Tensor, error) {
 	var out *C.kvt_tensor
-	err := C.kvt_tensor_from_data(p, C.size_t(nbytes), shapePtr(shape), C.int(len(shape)), C.int(dtype), &out)
+	err := C.kvt_tensor_from_data(p, C.size_t(nbytes), shapePtr(shape), C.int(len(shape)), cDType(dtype), &out)
 	runtime.KeepAlive(shape)
 	if err := takeErr("from data", err); err != nil {
 		return nil, err
@@ -236,7 +236,7 @@ func Zeros(dtype DType, dev Device, shape ...int64) (*Tensor, error) {
 		return nil, err
 	}
 	var out *C.kvt_tensor
-	e := C.kvt_zeros(shapePtr(shape), C.int(len(shape)), C.int(dtype), C.int(dev.Type), C.int(dev.Index), &out)
+	e := C.kvt_zeros(shapePtr(shape), C.int(len(shape)), cDType(dtype), C.int(dev.Type), C.int(dev.Index), &out)
 	runtime.KeepAlive(shape)
 	if err := takeErr("zeros", e); err != nil {
 		return nil, err
@@ -251,7 +251,7 @@ func Randn(dtype DType, dev Device, shape ...int64) (*Tensor, error) {
 		return nil, err
 	}
 	var out *C.kvt_tensor
-	e := C.kvt_randn(shapePtr(shape), C.int(len(shape)), C.int(dtype), C.int(dev.Type), C.int(dev.Index), &out)
+	e := C.kvt_randn(shapePtr(shape), C.int(len(shape)), cDType(dtype), C.int(dev.Type), C.int(dev.Index), &out)
 	runtime.KeepAlive(shape)
 	if err := takeErr("randn", e); err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/kvtorch/kvtorch/bench/internal/stat"
-	"github.com/kvtorch/kvtorch/torch/pt"
+	"github.com/kvtorch/kvtorch/pt"
 )
 
 func main() {

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/kvtorch/kvtorch/torch/pt"
+	"github.com/kvtorch/kvtorch/pt"
 	"github.com/urfave/cli/v2"
 )
 

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvtorch/kvtorch/torch/pt"
+	"github.com/kvtorch/kvtorch/pt"
 )
 
 func writePT(t *testing.T) string {
@@ -74,7 +74,7 @@ func TestInspectPythonFile(t *testing.T) {
 		t.Skip("KVTORCH_PYTHON is not set: this test needs Python torch to write the file (run `make test`)")
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command(py, "../../torch/pt/testdata/interop.py", "make", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command(py, "../../pt/testdata/interop.py", "make", dir).CombinedOutput(); err != nil {
 		t.Fatalf("interop.py: %v\n%s", err, out)
 	}
 	code, out, errOut := runCLI("inspect", "--stats", filepath.Join(dir, "state_dict.pt"))

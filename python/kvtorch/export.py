@@ -25,7 +25,7 @@ import tempfile
 import torch
 from torch import nn
 
-from kvtorch.hook import KVHook
+from kvtorch.hook import FORMAT_VERSION, KVHook
 
 GQA = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 MLA = ("deepseek_v2",)
@@ -276,7 +276,7 @@ def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
     prefix = re.sub(r"\.0(\.|$)", r".{layer}\1", hook_prefix(wrapper, attention_modules(model)[0]), count=1)
     bos = first_id(getattr(cfg, "bos_token_id", None))
     meta = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "name": name,
         "architecture": mt,
         "n_layers": cfg.num_hidden_layers,

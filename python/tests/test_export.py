@@ -9,7 +9,7 @@ import torch
 
 from conftest import HERE
 from kvtorch.hook import project_eager
-from tiny_models import tiny_model
+from tiny_models import random_basis, tiny_model
 from kvtorch import export
 
 EXPORT = [sys.executable, "-m", "kvtorch.export"]
@@ -110,18 +110,18 @@ def test_default_hooks_and_kv(arch, kv, tmp_path):
         assert m(torch.randint(0, 512, (3, 41)))[0].shape == (3, 41, 512)
 
 
-def eager_projected(arch, kv, bases, rank, ids):
+def eager_projected(arch, kv, bases, ids, sink):
     """The tiny model in eager PyTorch with project_eager applied where the hook sits."""
     model = tiny_model(arch)
     for i, layer in enumerate(model.model.layers):
         a = layer.self_attn
-        (Uk, mk), (Uv, mv) = bases[(i, "k")], bases[(i, "v")]
+        bk, bv = bases[(i, "k")], bases[(i, "v")]
 
-        def pk(x, U=Uk, m=mk):
-            return project_eager(x, U, m, rank)
+        def pk(x, b=bk):
+            return project_eager(x, b[2], b[3], b[4], sink=sink)
 
-        def pv(x, U=Uv, m=mv):
-            return project_eager(x, U, m, rank)
+        def pv(x, b=bv):
+            return project_eager(x, b[2], b[3], b[4], sink=sink)
         if kv == "mla_latent":
             orig = a.expand_kv
             a.expand_kv = lambda kn, kr, orig=orig, pk=pk, pv=pv: orig(pk(kn), pv(kr))
@@ -161,24 +161,24 @@ def test_sliding_window_generalises(arch, tmp_path):
 @pytest.mark.parametrize("arch,kv", CASES)
 def test_random_projection_matches_eager(arch, kv, tmp_path):
     m, meta = exported(arch, kv, tmp_path)
-    g = torch.Generator().manual_seed(5)
     h = meta["n_kv_heads"]
     bases = {}
     buffers = dict(m.named_buffers())
-    rank = 4
+    sink = 3
     for i in range(meta["n_layers"]):
         for kind, d in (("k", meta["head_dim_k"]), ("v", meta["head_dim_v"])):
-            U, _ = torch.linalg.qr(torch.randn(h, d, d, generator=g))
-            mean = torch.randn(h, d, generator=g) * 0.05
-            bases[(i, kind)] = (U, mean)
-            down = U.clone()
-            down[:, :, rank:] = 0
+            joint = (i + (kind == "v")) % 2 == 0  # both kinds of basis in every model
+            rank = h * d // 2 if joint else d // 4
+            b = random_basis(h, d, rank, joint, seed=7 * i + (kind == "v"))
+            bases[(i, kind)] = b
             prefix = meta["hook"][kind].format(layer=i)
-            buffers[prefix + ".down"].copy_(down)
-            buffers[prefix + ".up"].copy_(down.transpose(-1, -2))
-            buffers[prefix + ".mean"].copy_(mean)
+            buffers[prefix + ".down"].copy_(b[0])
+            buffers[prefix + ".up"].copy_(b[1])
+            buffers[prefix + ".mean"].copy_(b[4] * 0.5)
+            bases[(i, kind)] = b[:4] + (b[4] * 0.5,)
+            buffers[prefix + ".sink"].fill_(sink)
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(2))
-    want = eager_projected(arch, kv, bases, rank, ids)
+    want = eager_projected(arch, kv, bases, ids, sink)
     base = tiny_model(arch)(input_ids=ids).logits
     with torch.no_grad():
         got = m(ids)[0]

@@ -9,18 +9,19 @@ from torch import nn
 from conftest import TESTDATA
 from kvtorch.hook import KVHook, project_eager
 import refmodel
+from tiny_models import random_basis
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(TESTDATA, "refmodel.safetensors")),
                                 reason="testdata/refmodel.safetensors is missing (make refmodel)")
 
 
 class EagerProjection(nn.Module):
-    def __init__(self, U, mean, rank, bits=16):
+    def __init__(self, down, up, mean, **kw):
         super().__init__()
-        self.U, self.mean, self.rank, self.bits = U, mean, rank, bits
+        self.down, self.up, self.mean, self.kw = down, up, mean, kw
 
     def forward(self, x):
-        return project_eager(x, self.U, self.mean, self.rank, self.bits)
+        return project_eager(x, self.down, self.up, self.mean, **self.kw)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def test_metadata_and_tokenizer_inside(traced):
     for layer in range(meta["n_layers"]):
         for kind in "kv":
             prefix = meta["hook"][kind].format(layer=layer)
-            assert names[prefix + ".down"].shape == (2, 64, 64)
-            assert names[prefix + ".mean"].shape == (2, 64)
+            assert names[prefix + ".down"].shape == (128, 128)  # 2 KV heads of 64, joined
+            assert names[prefix + ".mean"].shape == (128,)
+            assert names[prefix + ".sink"].shape == ()
 
 
 def test_default_hooks_reproduce_logits(traced):
@@ -86,27 +88,20 @@ def test_returned_kv_are_the_projections(traced):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-def random_basis(heads, dim, seed):
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(heads, dim, dim, generator=g))
-    return q, torch.randn(heads, dim, generator=g) * 0.1
-
-
-@pytest.mark.parametrize("rank", [8, 32])
-def test_random_projection_matches_eager(traced, rank):
+@pytest.mark.parametrize("rank,joint,sink", [(8, False, 0), (32, False, 3), (40, True, 0), (100, True, 4)])
+def test_random_projection_matches_eager(traced, rank, joint, sink):
     _, c = refmodel.load_model(TESTDATA)
-    bases = {(i, kind): random_basis(c.n_kv_heads, c.head_dim, seed=10 * i + (kind == "v"))
+    bases = {(i, kind): random_basis(c.n_kv_heads, c.head_dim, rank, joint, seed=10 * i + (kind == "v"))
              for i in range(c.n_layers) for kind in "kv"}
-    model, _ = eager_with(lambda i, kind: EagerProjection(*bases[(i, kind)], rank))
+    model, _ = eager_with(lambda i, kind: EagerProjection(*bases[(i, kind)][2:], sink=sink))
     m = torch.jit.load(traced)
     buffers = dict(m.named_buffers())
-    for (i, kind), (U, mean) in bases.items():
-        down = U.clone()
-        down[:, :, rank:] = 0
+    for (i, kind), (down, up, _, _, mean) in bases.items():
         prefix = f"blocks.{i}.attn.{kind}_hook"
         buffers[prefix + ".down"].copy_(down)
-        buffers[prefix + ".up"].copy_(down.transpose(-1, -2))
+        buffers[prefix + ".up"].copy_(up)
         buffers[prefix + ".mean"].copy_(mean)
+        buffers[prefix + ".sink"].fill_(sink)
     ids = ids_for(c, seed=3)
     with torch.no_grad():
         want = model(ids)[0]
@@ -114,29 +109,37 @@ def test_random_projection_matches_eager(traced, rank):
         base = refmodel.load_model(TESTDATA)[0](ids)[0]
     assert (want - base).abs().max() > 1e-2  # the projection really changes the logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    if sink:  # the first positions attend only to exact K/V: their logits are the model's
+        torch.testing.assert_close(got[:, :sink], base[:, :sink], rtol=1e-4, atol=1e-4)
 
 
-def test_hook_quantization_matches_eager():
+@pytest.mark.parametrize("joint", [False, True])
+def test_hook_quantization_matches_eager(joint):
     torch.manual_seed(0)
     h, d, r = 2, 64, 24
-    U, mean = random_basis(h, d, seed=1)
-    x = torch.randn(3, h, 50, d)
+    down, up, cdown, cup, mean = random_basis(h, d, r, joint, seed=1)
+    x = torch.randn(3, h, 50, d) * torch.linspace(0.2, 3, d)
     hook = KVHook(h, d)
-    down = U.clone()
-    down[:, :, r:] = 0
     hook.down.copy_(down)
-    hook.up.copy_(down.transpose(-1, -2))
+    hook.up.copy_(up)
     hook.mean.copy_(mean)
+    hook.qhead.fill_(0 if joint else 1)
+    k = cdown.shape[1]
+    qscale = torch.linspace(0.5, 2.0, k)
+    full_qscale = torch.ones(h * d)
+    full_qscale[(down != 0).any(0)] = qscale  # the latents' columns, in order
+    hook.qscale.copy_(full_qscale)
     for bits in (16, 8, 4):
         hook.bits.fill_(bits)
-        got, want = hook(x), project_eager(x, U, mean, r, bits)
+        got = hook(x)
+        want = project_eager(x, cdown, cup, mean, bits=bits, qscale=qscale, qhead=not joint)
         # Equal up to latents that round the other way at a tie: at most one step.
-        step = (x - mean[:, None]).abs().max() * 2.0 ** (1 - bits) * 4
+        step = (x.abs().max() + mean.abs().max()) * 2.0 ** (1 - bits) * 8
         assert (got - want).abs().max() <= step
         if bits == 16:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     hook.bits.fill_(16)
-    hook.down.copy_(torch.eye(d).expand(h, d, d))
-    hook.up.copy_(torch.eye(d).expand(h, d, d))
-    hook.mean.zero_()
-    assert torch.equal(hook(x), x)  # identity buffers: exact
+    hook.sink.fill_(5)
+    assert torch.equal(hook(x)[:, :, :5], x[:, :, :5])  # sinks: exact
+    fresh = KVHook(h, d)
+    assert torch.equal(fresh(x), x)  # default buffers: exact

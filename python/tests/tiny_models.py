@@ -41,3 +41,24 @@ def tiny_model(arch, seed=0, vocab_size=512):
     if arch == "gemma2":  # sdpa (transformers' default) ignores Gemma 2's attention soft-capping
         model.set_attn_implementation("eager")
     return model.eval()
+
+
+def random_basis(heads, dim, rank, joint, seed):
+    """A random orthonormal basis of rank r over the joined heads (joint) or
+    per head (block diagonal): (down, up) as the hook holds them [E, E], and
+    compact (down [E, r'], up [r', E]) for project_eager; and a mean [E]."""
+    g = torch.Generator().manual_seed(seed)
+    e = heads * dim
+    full = torch.zeros(e, e)
+    if joint:
+        q, _ = torch.linalg.qr(torch.randn(e, e, generator=g))
+        full[:, :rank] = q[:, :rank]
+        compact = q[:, :rank]
+    else:
+        cols = []
+        for h in range(heads):
+            q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+            full[h * dim:(h + 1) * dim, h * dim:h * dim + rank] = q[:, :rank]
+            cols.append(full[:, h * dim:h * dim + rank])
+        compact = torch.cat(cols, dim=1)
+    return full, full.T.contiguous(), compact, compact.T.contiguous(), torch.randn(e, generator=g) * 0.1

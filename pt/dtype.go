@@ -49,6 +49,23 @@ func (d DType) IsFloat() bool {
 	return d == Float32 || d == Float16 || d == BFloat16 || d == Float64
 }
 
+// String is the dtype's name ("float32", "bfloat16", ...).
+func (d DType) String() string {
+	if d == "" {
+		return "invalid"
+	}
+	return string(d)
+}
+
+// ParseDType parses a dtype name as torch prints it without "torch."
+// ("float32", "bfloat16", ...).
+func ParseDType(s string) (DType, error) {
+	if d := DType(s); d.Valid() {
+		return d, nil
+	}
+	return "", fmt.Errorf("pt: unknown dtype %q", s)
+}
+
 func dtypeOfStorage(class string) (DType, bool) {
 	for d, info := range dtypes {
 		if info.storage == class {

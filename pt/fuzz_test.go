@@ -7,7 +7,7 @@ import (
 
 // FuzzRead feeds arbitrary bytes to the reader: it must return a value or an
 // error, never panic, and whatever it returns must save and read back.
-// `go test` runs the seeds; `go test -fuzz=FuzzRead ./torch/pt` explores.
+// `go test` runs the seeds; `go test -fuzz=FuzzRead ./pt` explores.
 func FuzzRead(f *testing.F) {
 	var buf bytes.Buffer
 	if err := Write(&buf, richValue(f), "seed"); err != nil {
