@@ -5,9 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/kvtorch/kvtorch/internal/regfile"
 	"hash/crc32"
 	"io"
-	"os"
 	"strings"
 )
 
@@ -30,17 +30,14 @@ func Load(path string) (any, error) {
 
 // Open reads a torch.save file and describes it.
 func Open(path string) (*File, error) {
-	fh, err := os.Open(path)
+	fh, err := regfile.Open(path) // a FIFO or a device would block or never end
 	if err != nil {
-		return nil, fmt.Errorf("pt: %w", err) // *os.PathError names the path
+		return nil, fmt.Errorf("pt: %w", err) // the error names the path
 	}
 	defer fh.Close()
 	st, err := fh.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("pt: %w", err)
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("pt: %s is a directory", path)
 	}
 	f, err := Read(fh, st.Size())
 	if err != nil {

@@ -1,0 +1,283 @@
+package kvfile
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
+	"github.com/kvtorch/kvtorch/internal/regfile"
+)
+
+// PresetVersion is the preset schema this kvtorch writes (docs/preset-format.md);
+// version 1 presets (bases per head, no sinks) are still read.
+const PresetVersion = 2
+
+// maxPresetBytes bounds what LoadPreset reads: a preset of a 1,000-layer
+// model is well under 1 MB.
+const maxPresetBytes = 16 << 20
+
+// PresetLayer is one layer of a preset. Bytes per token are of a compressed
+// (non-sink) token.
+type PresetLayer struct {
+	Layer               int    `json:"layer"`
+	BasisK              string `json:"basis_k,omitempty"` // absent (version 1): "head"
+	RankK               int    `json:"rank_k"`
+	BitsK               int    `json:"bits_k"`
+	BasisV              string `json:"basis_v,omitempty"`
+	RankV               int    `json:"rank_v"`
+	BitsV               int    `json:"bits_v"`
+	BytesPerTokenBefore int    `json:"bytes_per_token_before"`
+	BytesPerTokenAfter  int    `json:"bytes_per_token_after"`
+}
+
+// EvalInfo describes held-out text a preset was measured on.
+type EvalInfo struct {
+	Texts  []TextFile `json:"texts"`
+	SHA256 string     `json:"sha256"`
+	SeqLen int        `json:"seq_len"`
+	Tokens int        `json:"tokens"`
+}
+
+// Measurement is the preset measured on more held-out text (tune --check-texts).
+type Measurement struct {
+	EvalInfo
+	BaselinePPL   float64 `json:"baseline_ppl"`
+	CompressedPPL float64 `json:"compressed_ppl"`
+	PPLDelta      float64 `json:"ppl_delta"`
+}
+
+// SearchInfo records how tune found a preset.
+type SearchInfo struct {
+	Method      string `json:"method"`
+	Evaluations int    `json:"evaluations"`
+	Proxies     int    `json:"proxy_evaluations,omitempty"`
+	Seconds     int    `json:"seconds,omitempty"`
+}
+
+// Preset is a compression preset (docs/preset-format.md).
+type Preset struct {
+	Format            string        `json:"format"`
+	Version           int           `json:"version"`
+	Model             string        `json:"model"`
+	ModelFile         string        `json:"model_file"`
+	ModelSHA256       string        `json:"model_sha256"`
+	KVSource          string        `json:"kv_source"`
+	CalibrationFile   string        `json:"calibration_file"`
+	CalibrationSHA256 string        `json:"calibration_sha256"`
+	NumLayers         int           `json:"num_layers"`
+	NKVHeads          int           `json:"n_kv_heads"`
+	HeadDim           int           `json:"head_dim"`
+	HeadDimK          int           `json:"head_dim_k"`
+	HeadDimV          int           `json:"head_dim_v"`
+	Target            string        `json:"target"`
+	SinkTokens        int           `json:"sink_tokens"`
+	ContextLength     int           `json:"context_length"`
+	Rank              *int          `json:"rank,omitempty"`
+	Bits              *int          `json:"bits,omitempty"`
+	Layers            []PresetLayer `json:"layers"`
+	CacheBytesPerElem int           `json:"cache_bytes_per_element"`
+	BytesBefore       int           `json:"bytes_per_token_before"`
+	BytesCompressed   int           `json:"bytes_per_token_compressed"`
+	BytesAfter        float64       `json:"bytes_per_token_after"`
+	BasisBytes        int           `json:"basis_bytes"`
+	CompressionRatio  float64       `json:"compression_ratio"`
+	TotalCompression  float64       `json:"total_compression"`
+	BaselinePPL       float64       `json:"baseline_ppl"`
+	CompressedPPL     float64       `json:"compressed_ppl"`
+	PPLDelta          float64       `json:"ppl_delta"`
+	TargetPPLDelta    *float64      `json:"target_ppl_delta,omitempty"`
+	Eval              EvalInfo      `json:"eval"`
+	Checks            []Measurement `json:"checks,omitempty"`
+	Search            *SearchInfo   `json:"search,omitempty"`
+}
+
+// PresetSource is what a preset records of the model and calibration.
+type PresetSource struct {
+	Name, File, SHA256, KVSource string
+	CalibrationFile              string
+	CalibrationSHA256            string
+}
+
+// NewPreset fills a preset for setting s (valid for g), measured at baseline
+// and compressed perplexity on e, its bytes counted at a context length.
+func NewPreset(src PresetSource, g compress.Geometry, s compress.Setting, target compress.Target, context int,
+	baseline, compressed float64, e EvalInfo) *Preset {
+	if context <= 0 {
+		context = compress.DefaultContext
+	}
+	p := &Preset{Format: "kvtorch-preset", Version: PresetVersion, Model: src.Name, ModelFile: src.File,
+		ModelSHA256: src.SHA256, KVSource: src.KVSource, CalibrationFile: src.CalibrationFile,
+		CalibrationSHA256: src.CalibrationSHA256, NumLayers: g.Layers, NKVHeads: g.Heads, HeadDim: g.Dims[0],
+		HeadDimK: g.Dims[0], HeadDimV: g.Dims[1], Target: target.String(), SinkTokens: s.Sinks,
+		ContextLength: context, CacheBytesPerElem: compress.ElementBytes, BaselinePPL: baseline,
+		CompressedPPL: compressed, PPLDelta: compressed/baseline - 1, Eval: e}
+	ranks, bits := map[int]bool{}, map[int]bool{}
+	for l, pair := range s.Layers {
+		k, v := pair[compress.K], pair[compress.V]
+		p.Layers = append(p.Layers, PresetLayer{Layer: l, BasisK: string(basisOf(k)), RankK: k.Rank, BitsK: k.Bits,
+			BasisV: string(basisOf(v)), RankV: v.Rank, BitsV: v.Bits, BytesPerTokenBefore: g.LayerBytes(),
+			BytesPerTokenAfter: s.LayerBytes(g, l)})
+		for _, kind := range compress.Kinds {
+			if sd := pair[kind]; sd.Compresses(g, kind) {
+				ranks[sd.Rank], bits[sd.Bits] = true, true
+			}
+		}
+	}
+	p.fillAccounting(g, s)
+	if len(ranks) == 1 {
+		for r := range ranks {
+			p.Rank = &r
+		}
+	}
+	if len(bits) == 1 {
+		for b := range bits {
+			p.Bits = &b
+		}
+	}
+	return p
+}
+
+func basisOf(s compress.Side) compress.Basis {
+	if s.Basis == "" {
+		return compress.PerHead
+	}
+	return s.Basis
+}
+
+func (p *Preset) fillAccounting(g compress.Geometry, s compress.Setting) {
+	p.BytesBefore = g.TokenBytes()
+	p.BytesCompressed = s.CompressedBytes(g)
+	p.BytesAfter = s.BytesPerToken(g, p.ContextLength)
+	p.BasisBytes = s.BasisBytes(g)
+	p.CompressionRatio = s.Ratio(g, p.ContextLength)
+	p.TotalCompression = p.CompressionRatio
+}
+
+// Geometry is the cache shape the preset was made for.
+func (p *Preset) Geometry() compress.Geometry {
+	return compress.Geometry{Layers: p.NumLayers, Heads: p.NKVHeads, Dims: [2]int{p.HeadDimK, p.HeadDimV}}
+}
+
+// Setting is the preset's compression.
+func (p *Preset) Setting() compress.Setting {
+	s := compress.Setting{Layers: make([][2]compress.Side, len(p.Layers)), Sinks: p.SinkTokens}
+	for i, l := range p.Layers {
+		s.Layers[i] = [2]compress.Side{
+			{Basis: compress.Basis(orHead(l.BasisK)), Rank: l.RankK, Bits: l.BitsK},
+			{Basis: compress.Basis(orHead(l.BasisV)), Rank: l.RankV, Bits: l.BitsV},
+		}
+	}
+	return s
+}
+
+func orHead(b string) string {
+	if b == "" {
+		return string(compress.PerHead)
+	}
+	return b
+}
+
+// Save writes the preset as indented JSON, atomically.
+func (p *Preset) Save(path string) error {
+	b, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return fmt.Errorf("kvfile: preset: %w", err)
+	}
+	err = atomicfile.Write(path, func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("kvfile: preset: %w", err)
+	}
+	return nil
+}
+
+// LoadPreset reads and checks a preset file: one JSON document and nothing
+// after it, a known version, a setting valid for its own geometry, byte
+// accounting that matches its layers, sane evaluation fields.
+func LoadPreset(path string) (*Preset, error) {
+	f, err := regfile.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("kvfile: preset: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPresetBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("kvfile: preset: %w", err)
+	}
+	if len(b) > maxPresetBytes {
+		return nil, fmt.Errorf("preset %s: %w: larger than %d MB", path, ErrFormat, maxPresetBytes>>20)
+	}
+	var p Preset
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("preset %s: %w: not a preset JSON file: %v", path, ErrFormat, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("preset %s: %w: more data after the JSON document", path, ErrFormat)
+	}
+	if err := p.check(); err != nil {
+		return nil, fmt.Errorf("preset %s: %w: %v", path, ErrFormat, err)
+	}
+	return &p, nil
+}
+
+func (p *Preset) check() error {
+	switch {
+	case p.Format != "kvtorch-preset":
+		return fmt.Errorf("format %q, want kvtorch-preset", p.Format)
+	case p.Version != 1 && p.Version != PresetVersion:
+		return fmt.Errorf("version %d (this kvtorch reads 1 and %d)", p.Version, PresetVersion)
+	case p.ModelSHA256 == "" || p.CalibrationSHA256 == "":
+		return fmt.Errorf("no model_sha256 or calibration_sha256")
+	case p.NumLayers <= 0 || p.NumLayers > maxDim || len(p.Layers) != p.NumLayers:
+		return fmt.Errorf("%d layers listed, num_layers %d", len(p.Layers), p.NumLayers)
+	case p.NKVHeads <= 0 || p.HeadDimK <= 0 || p.HeadDimV <= 0 || p.NKVHeads*max(p.HeadDimK, p.HeadDimV) > maxDim:
+		return fmt.Errorf("shapes out of range: %d KV heads of %d/%d", p.NKVHeads, p.HeadDimK, p.HeadDimV)
+	case p.CacheBytesPerElem != compress.ElementBytes:
+		return fmt.Errorf("cache_bytes_per_element %d (kvtorch counts %d)", p.CacheBytesPerElem, compress.ElementBytes)
+	case p.Eval.SeqLen < 2 || p.Eval.Tokens < 1:
+		return fmt.Errorf("eval: seq_len %d and tokens %d (want at least 2 and 1)", p.Eval.SeqLen, p.Eval.Tokens)
+	case p.SinkTokens < 0 || p.SinkTokens >= p.Eval.SeqLen:
+		return fmt.Errorf("sink_tokens %d (want 0 to seq_len − 1)", p.SinkTokens)
+	case p.Version == 1 && p.ContextLength != 0:
+		return fmt.Errorf("context_length in a version 1 preset")
+	case p.Version >= 2 && p.ContextLength < 1:
+		return fmt.Errorf("context_length %d", p.ContextLength)
+	}
+	for _, x := range []float64{p.BaselinePPL, p.CompressedPPL} {
+		if !(x >= 1) || math.IsInf(x, 0) {
+			return fmt.Errorf("perplexities %v and %v (want finite and at least 1)", p.BaselinePPL, p.CompressedPPL)
+		}
+	}
+	g, s := p.Geometry(), p.Setting()
+	for i, l := range p.Layers {
+		if l.Layer != i {
+			return fmt.Errorf("layer %d is listed as layer %d", i, l.Layer)
+		}
+	}
+	if err := s.Validate(g); err != nil {
+		return err
+	}
+	if p.Version == 1 { // counted without sinks, per compressed token
+		p.ContextLength = compress.DefaultContext
+	}
+	want := *p
+	want.fillAccounting(g, s)
+	if p.Version >= 2 && (want.BytesCompressed != p.BytesCompressed || math.Abs(want.BytesAfter-p.BytesAfter) > 1e-6*want.BytesAfter) {
+		return fmt.Errorf("bytes_per_token_compressed %d / after %v do not match its layers (%d / %v)",
+			p.BytesCompressed, p.BytesAfter, want.BytesCompressed, want.BytesAfter)
+	}
+	for l := range p.Layers {
+		if p.Layers[l].BytesPerTokenAfter != s.LayerBytes(g, l) {
+			return fmt.Errorf("layer %d: bytes_per_token_after %d does not match its setting (%d)", l, p.Layers[l].BytesPerTokenAfter, s.LayerBytes(g, l))
+		}
+	}
+	p.fillAccounting(g, s) // version 1: the same numbers, in version 2's fields
+	return nil
+}
