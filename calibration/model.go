@@ -141,11 +141,11 @@ func LoadModel(path string, dev torch.Device) (*Model, error) {
 	if m.SHA256, err = FileSHA256(path); err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
-	// Batches change length: run graphs without per-shape re-specialisation.
-	torch.SetGraphOptimize(false)
 	if m.Module, err = torch.Load(path, dev); err != nil {
 		return nil, fmt.Errorf("model %s: %w", path, err)
 	}
+	// Batches change length: run graphs without per-shape re-specialisation.
+	m.Module.SetOptimize(false)
 	if err := m.checkHooks(); err != nil {
 		m.Module.Close()
 		return nil, fmt.Errorf("model %s: %w", path, err)

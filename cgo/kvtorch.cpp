@@ -455,7 +455,6 @@ kvt_err kvt_svd(const kvt_tensor *t, kvt_tensor **u, kvt_tensor **s, kvt_tensor 
 
 // ---- TorchScript modules ----
 
-void kvt_set_graph_optimize(int on) { torch::jit::setGraphExecutorOptimize(on != 0); }
 
 void kvt_module_free(kvt_module *m) { delete m; }
 
@@ -500,10 +499,11 @@ kvt_err kvt_extra_file(const char *path, const char *name, char **data, size_t *
   KVT_CATCH
 }
 
-kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs,
+kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs, int optimize,
                            kvt_value **out) {
   KVT_TRY
   c10::InferenceMode guard;
+  torch::jit::GraphOptimizerEnabledGuard optimize_guard(optimize != 0);
   if (m == nullptr) throw std::invalid_argument("null module handle");
   std::vector<c10::IValue> args;
   args.reserve(static_cast<size_t>(ninputs));

@@ -137,11 +137,6 @@ kvt_err kvt_svd(const kvt_tensor *t, kvt_tensor **u, kvt_tensor **s, kvt_tensor 
 
 /* ---- TorchScript modules ---- */
 
-/* Turns TorchScript's graph executor optimizations (the profiling executor,
- * which re-specialises a graph for every new input shape) on or off, for the
- * whole process. kvtorch turns them off: its inputs change length often. */
-void kvt_set_graph_optimize(int on);
-
 void kvt_module_free(kvt_module *m);
 /* Loads a TorchScript file onto a device, in eval mode. */
 kvt_err kvt_module_load(const char *path, int device_type, int device_index, kvt_module **out);
@@ -150,8 +145,11 @@ kvt_err kvt_module_load(const char *path, int device_type, int device_index, kvt
 kvt_err kvt_extra_file_names(const char *path, char **names);
 /* Contents of one extra file; caller frees *data with free(). */
 kvt_err kvt_extra_file(const char *path, const char *name, char **data, size_t *len);
-/* Runs forward(inputs...). */
-kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs,
+/* Runs forward(inputs...), with TorchScript's graph executor optimizations
+ * (the profiling executor, which re-specialises a graph for every new input
+ * shape) on when optimize is non-zero. libtorch keeps that switch per thread,
+ * so it is set here, around each call, for the calling thread only. */
+kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs, int optimize,
                            kvt_value **out);
 /* Names of all buffers, recursively ("layers.0.attn.k_up"), '\n'-separated; caller frees. */
 kvt_err kvt_module_buffer_names(kvt_module *m, char **names);

@@ -8,15 +8,17 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"unsafe"
 )
 
 // Module is a TorchScript module loaded onto a device, in eval mode.
 type Module struct {
-	c       *C.kvt_module
-	cleanup runtime.Cleanup
-	path    string
-	device  Device
+	c        *C.kvt_module
+	cleanup  runtime.Cleanup
+	path     string
+	device   Device
+	optimize atomic.Bool
 }
 
 // Load loads a TorchScript file (torch.jit.save) onto dev. A traced model
@@ -29,15 +31,18 @@ func Load(path string, dev Device) (*Module, error) {
 		return nil, err
 	}
 	m := &Module{c: out, path: path, device: dev}
+	m.optimize.Store(true) // libtorch's default
 	m.cleanup = runtime.AddCleanup(m, func(c *C.kvt_module) { C.kvt_module_free(c) }, out)
 	return m, nil
 }
 
-// SetGraphOptimize turns TorchScript's graph executor optimizations on or
-// off for the process. Off (kvtorch's choice) runs graphs as they are; on, the
-// profiling executor re-specialises a graph for every new input shape, which
-// costs much when lengths vary from batch to batch.
-func SetGraphOptimize(on bool) { C.kvt_set_graph_optimize(cbool(on)) }
+// SetOptimize turns TorchScript's graph executor optimizations on (libtorch's
+// default) or off for this module's Forward calls. Off runs graphs as they
+// are; on, the profiling executor re-specialises a graph for every new input
+// shape, which costs much when lengths vary from batch to batch. libtorch
+// keeps the switch per thread; Forward sets it around each call, so it holds
+// whatever OS thread the goroutine runs on, and other modules are unaffected.
+func (m *Module) SetOptimize(on bool) { m.optimize.Store(on) }
 
 // Close frees the module. It is idempotent and always returns nil.
 func (m *Module) Close() error {
@@ -81,7 +86,7 @@ func (m *Module) Forward(inputs ...*Tensor) (Value, error) {
 		cin[i] = h
 	}
 	var out *C.kvt_value
-	e := C.kvt_module_forward(c, &cin[0], C.int(len(inputs)), &out)
+	e := C.kvt_module_forward(c, &cin[0], C.int(len(inputs)), cbool(m.optimize.Load()), &out)
 	runtime.KeepAlive(inputs)
 	runtime.KeepAlive(m)
 	if err := takeErr("forward", e); err != nil {

@@ -57,7 +57,6 @@ func Eigh(*Tensor) (eigenvalues, eigenvectors *Tensor, err error) { return nil, 
 func SVD(*Tensor) (u, s, vh *Tensor, err error)                   { return nil, nil, nil, ErrNoLibtorch }
 
 func Load(string, Device) (*Module, error)          { return nil, ErrNoLibtorch }
-func SetGraphOptimize(bool)                         {}
 func (m *Module) Close() error                      { return nil }
 func (m *Module) Path() string                      { return "" }
 func (m *Module) Device() Device                    { return CPU }
