@@ -1,16 +1,20 @@
 package calibration
 
 import (
+	"context"
 	"errors"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/torch"
 	"gonum.org/v1/gonum/mat"
 )
+
+var bg = context.Background()
 
 func TestContractViolationsAreNamed(t *testing.T) {
 	seqs := someSequences(2, 16)
@@ -22,9 +26,9 @@ func TestContractViolationsAreNamed(t *testing.T) {
 		"short_layers": "forward returned 1 K tensors for 2 layers",
 	} {
 		t.Run(name, func(t *testing.T) {
-			m, err := LoadModel(tinyModel(t, name), torch.CPU)
+			m, err := load(tinyModel(t, name))
 			if err == nil {
-				err = Run(m, seqs, RunOptions{BatchSize: 2}, NewStats(m, torch.Float32))
+				err = Run(bg, m, seqs, RunOptions{BatchSize: 2}, NewStats(m, torch.Float32, 0))
 				m.Close()
 			}
 			if err == nil || !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), want) {
@@ -32,27 +36,33 @@ func TestContractViolationsAreNamed(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadModel(filepath.Join(t.TempDir(), "absent.pt"), torch.CPU); err == nil {
+	if _, err := load(filepath.Join(t.TempDir(), "absent.pt")); err == nil {
 		t.Fatal("missing model file: got nil error")
 	}
 }
 
 func TestNonFiniteKVIsNamed(t *testing.T) {
-	m, err := LoadModel(tinyModel(t, "nan"), torch.CPU)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	err = Run(m, someSequences(3, 16), RunOptions{BatchSize: 2}, NewStats(m, torch.Float32))
+	m := loadTiny(t, "nan")
+	err := Run(bg, m, someSequences(3, 16), RunOptions{BatchSize: 2}, NewStats(m, torch.Float32, 0))
 	if !errors.Is(err, ErrNonFinite) || !strings.Contains(err.Error(), "K of layer 1, head 1, batch 0") {
 		t.Fatalf("got %v", err)
 	}
 }
 
-// collector keeps every valid K/V row on the CPU: the direct computation
-// that streaming statistics must reproduce.
+func TestRunStopsWhenCancelled(t *testing.T) {
+	m := loadTiny(t, "good")
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	if err := Run(ctx, m, someSequences(3, 16), RunOptions{BatchSize: 1}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+}
+
+// collector keeps every counted token's K and V (heads joined) on the CPU:
+// the direct computation that streaming statistics must reproduce.
 type collector struct {
-	rows map[[3]int][][]float64 // (layer, kind, head) -> rows
+	skip int
+	rows map[[2]int][][]float64 // (layer, kind) -> rows of E
 }
 
 func (c *collector) Observe(b *Batch, layer int, k, v *torch.Tensor) error {
@@ -64,15 +74,16 @@ func (c *collector) Observe(b *Batch, layer int, k, v *torch.Tensor) error {
 		s := x.Shape() // [B, H, T, D]
 		B, H, T, D := int(s[0]), int(s[1]), int(s[2]), int(s[3])
 		for bi := 0; bi < B; bi++ {
-			for h := 0; h < H; h++ {
-				for ti := 0; ti < b.Lengths[bi]; ti++ {
+			for ti := c.skip; ti < b.Lengths[bi]; ti++ {
+				row := make([]float64, 0, H*D)
+				for h := 0; h < H; h++ {
 					off := ((bi*H+h)*T + ti) * D
-					key := [3]int{layer, kind, h}
-					c.rows[key] = append(c.rows[key], append([]float64(nil), data[off:off+D]...))
+					row = append(row, data[off:off+D]...)
 				}
+				key := [2]int{layer, kind}
+				c.rows[key] = append(c.rows[key], row)
 			}
 		}
-		_ = T
 	}
 	return nil
 }
@@ -98,195 +109,184 @@ func directCov(rows [][]float64) (mean []float64, cov *mat.SymDense) {
 	return mean, cov
 }
 
+func accumulate(t *testing.T, m *Model, seqs []kvfile.Sequence, bs int, dtype torch.DType, sinks int, hooks ...Hook) [][2]*kvfile.Moments {
+	t.Helper()
+	stats := NewStats(m, dtype, sinks)
+	defer stats.Close()
+	if err := Run(bg, m, seqs, RunOptions{BatchSize: bs}, append([]Hook{stats}, hooks...)...); err != nil {
+		t.Fatal(err)
+	}
+	mo, err := stats.Moments()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mo
+}
+
 func TestStreamingStatsMatchDirect(t *testing.T) {
-	m := loadTiny(t)
+	m := loadTiny(t, "good")
 	seqs := someSequences(7, 40)
 	for _, c := range []struct {
 		dtype torch.DType
+		sinks int
 		tol   float64
-	}{{torch.Float64, 1e-9}, {torch.Float32, 2e-5}} {
-		stats := NewStats(m, c.dtype)
-		col := &collector{rows: map[[3]int][][]float64{}}
-		if err := Run(m, seqs, RunOptions{BatchSize: 3}, stats, col); err != nil {
-			t.Fatal(err)
-		}
-		wantTokens := 0
+	}{{torch.Float64, 0, 1e-9}, {torch.Float32, 0, 2e-5}, {torch.Float64, 3, 1e-9}} {
+		col := &collector{skip: c.sinks, rows: map[[2]int][][]float64{}}
+		mo := accumulate(t, m, seqs, 3, c.dtype, c.sinks, col)
+		want := 0
 		for _, s := range seqs {
-			wantTokens += len(s.IDs)
+			want += len(s.IDs) - c.sinks
 		}
-		if stats.Tokens() != int64(wantTokens) {
-			t.Fatalf("tokens: got %d, want %d (padding must not count)", stats.Tokens(), wantTokens)
+		if mo[0][0].Count != int64(want) {
+			t.Fatalf("tokens: got %d, want %d (padding and sinks must not count)", mo[0][0].Count, want)
 		}
-		for l := 0; l < m.Meta.NLayers; l++ {
-			for kind := range Kinds {
-				raw, err := stats.Layers[l][kind].Raw(m.Meta.NKVHeads, m.HeadDim(kind))
-				if err != nil {
-					t.Fatal(err)
+		for l := range mo {
+			for kind := range compress.Kinds {
+				mean, cov := mo[l][kind].Covariance()
+				wm, wc := directCov(col.rows[[2]int{l, kind}])
+				e := mo[l][kind].E
+				scale := 0.0
+				for i := 0; i < e; i++ {
+					scale = math.Max(scale, wc.At(i, i))
 				}
-				mean, cov := raw.covariance()
-				d := raw.D
-				for h := 0; h < raw.H; h++ {
-					wm, wc := directCov(col.rows[[3]int{l, kind, h}])
-					scale := 0.0
-					for i := 0; i < d; i++ {
-						scale = math.Max(scale, wc.At(i, i))
+				for i := 0; i < e; i++ {
+					if math.Abs(mean[i]-wm[i]) > c.tol*(1+math.Abs(wm[i])) {
+						t.Fatalf("%v sinks %d layer %d %d: mean[%d] = %v, want %v", c.dtype, c.sinks, l, kind, i, mean[i], wm[i])
 					}
-					for i := 0; i < d; i++ {
-						if math.Abs(mean[h*d+i]-wm[i]) > c.tol*(1+math.Abs(wm[i])) {
-							t.Fatalf("%v layer %d %s head %d: mean[%d] = %v, want %v", c.dtype, l, Kinds[kind], h, i, mean[h*d+i], wm[i])
-						}
-						for j := 0; j < d; j++ {
-							if math.Abs(cov[h*d*d+i*d+j]-wc.At(i, j)) > c.tol*scale {
-								t.Fatalf("%v layer %d %s head %d: cov[%d,%d] = %v, want %v", c.dtype, l, Kinds[kind], h, i, j, cov[h*d*d+i*d+j], wc.At(i, j))
-							}
+					for j := 0; j < e; j++ {
+						if math.Abs(cov[i*e+j]-wc.At(i, j)) > c.tol*scale {
+							t.Fatalf("%v layer %d %d: cov[%d,%d] = %v, want %v", c.dtype, l, kind, i, j, cov[i*e+j], wc.At(i, j))
 						}
 					}
 				}
 			}
 		}
-		stats.Close()
+	}
+}
+
+// checkBasis compares a basis of one group with the eigen-decomposition of
+// the covariance of rows (gonum).
+func checkBasis(t *testing.T, label string, b *kvfile.Basis, g int, rows [][]float64) {
+	t.Helper()
+	_, cov := directCov(rows)
+	var eig mat.EigenSym
+	eig.Factorize(cov, true)
+	want := eig.Values(nil) // ascending
+	d := b.Dim
+	top := want[d-1]
+	for i := 0; i < d; i++ {
+		if got, w := b.Eigenvalues[g*d+i], want[d-1-i]; math.Abs(got-w) > 1e-9*top {
+			t.Fatalf("%s eigenvalue %d: got %v, want %v", label, i, got, w)
+		}
+	}
+	U := mat.NewDense(d, d, b.U[g*d*d:(g+1)*d*d])
+	var utu, rec mat.Dense
+	utu.Mul(U.T(), U)
+	rec.Product(U, mat.NewDiagDense(d, b.Eigenvalues[g*d:(g+1)*d]), U.T())
+	for i := 0; i < d; i++ {
+		for j := 0; j < d; j++ {
+			id := 0.0
+			if i == j {
+				id = 1
+			}
+			if math.Abs(utu.At(i, j)-id) > 1e-9 {
+				t.Fatalf("%s: UᵀU[%d,%d] = %v", label, i, j, utu.At(i, j))
+			}
+			if math.Abs(rec.At(i, j)-cov.At(i, j)) > 1e-9*top {
+				t.Fatalf("%s: U W Uᵀ differs from the covariance at [%d,%d]", label, i, j)
+			}
+		}
 	}
 }
 
 func TestPCAMatchesGonum(t *testing.T) {
-	m := loadTiny(t)
-	stats := NewStats(m, torch.Float64)
-	defer stats.Close()
-	col := &collector{rows: map[[3]int][][]float64{}}
-	if err := Run(m, someSequences(6, 48), RunOptions{BatchSize: 4}, stats, col); err != nil {
-		t.Fatal(err)
-	}
+	m := loadTiny(t, "good")
+	col := &collector{rows: map[[2]int][][]float64{}}
+	mo := accumulate(t, m, someSequences(6, 48), 4, torch.Float64, 0, col)
+	rows := col.rows[[2]int{1, 0}]
+	heads, d := m.Meta.NKVHeads, m.Meta.HeadDimK
 	for _, method := range []string{"eigh", "svd"} {
-		raw, _ := stats.Layers[1][0].Raw(m.Meta.NKVHeads, m.Meta.HeadDimK)
-		b, err := PCA(raw, method, false, torch.CPU)
+		sb, err := PCA(mo[1][0], heads, method, false, torch.CPU)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := b.D
-		for h := 0; h < b.H; h++ {
-			_, cov := directCov(col.rows[[3]int{1, 0, h}])
-			var eig mat.EigenSym
-			eig.Factorize(cov, true)
-			want := eig.Values(nil) // ascending
-			for i := 0; i < d; i++ {
-				got := b.Eigenvalues[h*d+i]
-				w := want[d-1-i]
-				if math.Abs(got-w) > 1e-9*want[d-1] {
-					t.Fatalf("%s head %d eigenvalue %d: got %v, want %v", method, h, i, got, w)
-				}
+		checkBasis(t, method+" joint", sb.Joint, 0, rows)
+		for h := 0; h < heads; h++ {
+			part := make([][]float64, len(rows))
+			for i, r := range rows {
+				part[i] = r[h*d : (h+1)*d]
 			}
-			// Orthonormal columns, and U diag(w) Uᵀ reconstructs the covariance.
-			U := mat.NewDense(d, d, b.U[h*d*d:(h+1)*d*d])
-			var utu, rec mat.Dense
-			utu.Mul(U.T(), U)
-			W := mat.NewDiagDense(d, b.Eigenvalues[h*d:(h+1)*d])
-			rec.Product(U, W, U.T())
-			for i := 0; i < d; i++ {
-				for j := 0; j < d; j++ {
-					if id := map[bool]float64{true: 1}[i == j]; math.Abs(utu.At(i, j)-id) > 1e-9 {
-						t.Fatalf("%s: UᵀU[%d,%d] = %v", method, i, j, utu.At(i, j))
-					}
-					if math.Abs(rec.At(i, j)-cov.At(i, j)) > 1e-9*want[d-1] {
-						t.Fatalf("%s: U W Uᵀ differs from the covariance at [%d,%d]", method, i, j)
-					}
-				}
-			}
-		}
-	}
-}
-
-func runStats(t *testing.T, m *Model, seqs []Sequence, bs int) *StatsFile {
-	t.Helper()
-	stats := NewStats(m, torch.Float64)
-	defer stats.Close()
-	if err := Run(m, seqs, RunOptions{BatchSize: bs}, stats); err != nil {
-		t.Fatal(err)
-	}
-	sf, err := StatsFileOf(m, stats, nil, Options{Method: "eigh", Accumulate: "float64"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sf
-}
-
-func compareCalibrations(t *testing.T, a, b *Calibration, tol float64) {
-	t.Helper()
-	if a.Tokens != b.Tokens {
-		t.Fatalf("tokens %d vs %d", a.Tokens, b.Tokens)
-	}
-	for l := range a.Layers {
-		for kind := range Kinds {
-			x, y := a.Layers[l][kind], b.Layers[l][kind]
-			top := x.Eigenvalues[0]
-			for i := range x.Eigenvalues {
-				if math.Abs(x.Eigenvalues[i]-y.Eigenvalues[i]) > tol*top {
-					t.Fatalf("layer %d %s eigenvalue %d: %v vs %v", l, Kinds[kind], i, x.Eigenvalues[i], y.Eigenvalues[i])
-				}
-			}
-			for i := range x.Mean {
-				if math.Abs(x.Mean[i]-y.Mean[i]) > tol*(1+math.Abs(x.Mean[i])) {
-					t.Fatalf("layer %d %s mean %d: %v vs %v", l, Kinds[kind], i, x.Mean[i], y.Mean[i])
-				}
-			}
+			checkBasis(t, method+" head", sb.PerHead, h, part)
 		}
 	}
 }
 
 func TestShardsMergeToOneShot(t *testing.T) {
-	m := loadTiny(t)
+	m := loadTiny(t, "good")
 	seqs := someSequences(9, 40)
-	whole, err := runStats(t, m, seqs, 4).Calibrate(torch.CPU)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	var shards []*StatsFile
-	for i, part := range [][]Sequence{seqs[:4], seqs[4:]} {
-		p := filepath.Join(dir, "shard"+string(rune('0'+i))+".pt")
-		if err := runStats(t, m, part, 4).Save(p); err != nil {
-			t.Fatal(err)
+	whole := accumulate(t, m, seqs, 4, torch.Float64, 2)
+	a := accumulate(t, m, seqs[:4], 4, torch.Float64, 2)
+	b := accumulate(t, m, seqs[4:], 4, torch.Float64, 2)
+	for l := range whole {
+		for k := range compress.Kinds {
+			if err := a[l][k].Merge(b[l][k]); err != nil {
+				t.Fatal(err)
+			}
+			x, err := PCA(whole[l][k], m.Meta.NKVHeads, "eigh", false, torch.CPU)
+			if err != nil {
+				t.Fatal(err)
+			}
+			y, err := PCA(a[l][k], m.Meta.NKVHeads, "eigh", false, torch.CPU)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pair := range [][2]*kvfile.Basis{{x.Joint, y.Joint}, {x.PerHead, y.PerHead}} {
+				for i := range pair[0].Eigenvalues {
+					if math.Abs(pair[0].Eigenvalues[i]-pair[1].Eigenvalues[i]) > 1e-9*pair[0].Eigenvalues[0] {
+						t.Fatalf("layer %d %d eigenvalue %d: %v vs %v", l, k, i, pair[0].Eigenvalues[i], pair[1].Eigenvalues[i])
+					}
+				}
+			}
 		}
-		s, err := LoadStats(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		shards = append(shards, s)
-	}
-	merged, err := MergeStats(shards)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cal, err := merged.Calibrate(torch.CPU)
-	if err != nil {
-		t.Fatal(err)
-	}
-	compareCalibrations(t, whole, cal, 1e-9)
-
-	other := *shards[1]
-	other.Model.SHA256 = "different"
-	if _, err := MergeStats([]*StatsFile{shards[0], &other}); err == nil || !strings.Contains(err.Error(), "sha256") {
-		t.Fatalf("merging shards of different models: got %v", err)
 	}
 }
 
 func TestPaddingNeverEntersStatistics(t *testing.T) {
-	m := loadTiny(t)
+	m := loadTiny(t, "good")
 	seqs := someSequences(6, 40) // lengths differ: batches of 3 pad
-	one, _ := runStats(t, m, seqs, 1).Calibrate(torch.CPU)
-	padded, _ := runStats(t, m, seqs, 3).Calibrate(torch.CPU)
-	compareCalibrations(t, one, padded, 1e-6)
+	one := accumulate(t, m, seqs, 1, torch.Float64, 4)
+	padded := accumulate(t, m, seqs, 3, torch.Float64, 4)
+	for l := range one {
+		for k := range compress.Kinds {
+			if one[l][k].Count != padded[l][k].Count {
+				t.Fatalf("layer %d %d: %d tokens alone, %d in padded batches", l, k, one[l][k].Count, padded[l][k].Count)
+			}
+			_, c1 := one[l][k].Covariance()
+			_, c2 := padded[l][k].Covariance()
+			scale := 0.0
+			for _, x := range c1 {
+				scale = math.Max(scale, math.Abs(x))
+			}
+			// Equal up to float32 noise of batched matmuls: padding itself
+			// would change them by far more.
+			for i := range c1 {
+				if math.Abs(c1[i]-c2[i]) > 1e-5*scale {
+					t.Fatalf("layer %d %d: padding changed the covariance at %d: %v vs %v", l, k, i, c1[i], c2[i])
+				}
+			}
+		}
+	}
 }
 
 func TestSharedHeadsRepeatsOneBasis(t *testing.T) {
-	m := loadTiny(t)
-	sf := runStats(t, m, someSequences(4, 40), 2)
-	sf.Options.SharedHeads = true
-	cal, err := sf.Calibrate(torch.CPU)
+	m := loadTiny(t, "good")
+	mo := accumulate(t, m, someSequences(4, 40), 2, torch.Float64, 0)
+	sb, err := PCA(mo[0][1], m.Meta.NKVHeads, "eigh", true, torch.CPU)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := cal.Layers[0][1]
-	n := b.D * b.D
+	b := sb.PerHead
+	n := b.Dim * b.Dim
 	for i := 0; i < n; i++ {
 		if b.U[i] != b.U[n+i] {
 			t.Fatal("shared-heads bases differ between heads")
@@ -294,31 +294,122 @@ func TestSharedHeadsRepeatsOneBasis(t *testing.T) {
 	}
 }
 
-func TestCalibrationFileRoundTrip(t *testing.T) {
-	m := loadTiny(t)
-	cal, err := runStats(t, m, someSequences(4, 40), 2).Calibrate(torch.CPU)
+// calibrate makes a calibration of the tiny model (in memory).
+func calibrate(t *testing.T, m *Model) *kvfile.Calibration {
+	t.Helper()
+	mo := accumulate(t, m, someSequences(8, 48), 4, torch.Float64, 0)
+	cal := &kvfile.Calibration{Header: kvfile.Header{Geometry: m.Geometry()}, Tokens: mo[0][0].Count}
+	for l := range mo {
+		var pair [2]kvfile.SideBases
+		for k := range compress.Kinds {
+			sb, err := PCA(mo[l][k], m.Meta.NKVHeads, "eigh", false, torch.CPU)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pair[k] = sb
+		}
+		cal.Layers = append(cal.Layers, pair)
+	}
+	return cal
+}
+
+// evalWindows cuts the ids of n made-up sequences into windows of seqLen.
+func evalWindows(n, seqLen int) *kvfile.Windows {
+	w := &kvfile.Windows{SeqLen: seqLen}
+	var stream []int
+	for _, s := range someSequences(n, 48) {
+		stream = append(stream, s.IDs...)
+	}
+	for len(stream) >= seqLen {
+		w.Windows = append(w.Windows, stream[:seqLen])
+		stream = stream[seqLen:]
+	}
+	return w
+}
+
+func ppl(t *testing.T, m *Model, cal *kvfile.Calibration, s compress.Setting, w *kvfile.Windows) float64 {
+	t.Helper()
+	if err := Apply(m, cal, s); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Perplexity(bg, m, w, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cal.Texts = []TextFile{{Path: "a.txt", SHA256: "00", Documents: 1}}
-	p := filepath.Join(t.TempDir(), "c.pt")
-	if err := cal.Save(p); err != nil {
-		t.Fatal(err)
+	return p
+}
+
+func TestApplyAndSinks(t *testing.T) {
+	m := loadTiny(t, "good")
+	cal := calibrate(t, m)
+	g := m.Geometry()
+	w := evalWindows(12, 32)
+	base := ppl(t, m, cal, compress.Uncompressed(g), w)
+	all := compress.Target{true, true}
+	joint := compress.Uniform(g, all, compress.Side{Basis: compress.Joint, Rank: 8, Bits: 4}, 0)
+	heavy := ppl(t, m, cal, joint, w)
+	if heavy <= base*1.001 {
+		t.Fatalf("rank 8 of 32 with 4-bit latents left perplexity at %v (baseline %v)", heavy, base)
 	}
-	back, err := LoadCalibration(p)
-	if err != nil {
-		t.Fatal(err)
+	// Sinks: with every position but the last kept exact, the compressed
+	// last position is read only by itself, whose prediction is not scored.
+	joint.Sinks = 31
+	if got := ppl(t, m, cal, joint, w); got != base {
+		t.Fatalf("all positions kept exact: perplexity %v, want the baseline %v exactly", got, base)
 	}
-	compareCalibrations(t, cal, back, 1e-6) // stored as float32
-	if back.Model.SHA256 != m.SHA256 || back.Texts[0].Path != "a.txt" || back.NLayers != 2 {
-		t.Fatalf("header: %+v", back)
+	joint.Sinks = 4
+	withSinks := ppl(t, m, cal, joint, w)
+	if withSinks == heavy || withSinks == base {
+		t.Fatalf("4 sinks: %v (none %v, baseline %v)", withSinks, heavy, base)
 	}
-	if _, err := LoadStats(p); err == nil || !strings.Contains(err.Error(), "not a kvtorch-stats file") {
-		t.Fatalf("calibration read as stats: %v", err)
+	// Back to uncompressed: exactly the baseline again (hooks rewritten).
+	if got := ppl(t, m, cal, compress.Uncompressed(g), w); got != base {
+		t.Fatalf("uncompressed after compressing: %v, want %v", got, base)
 	}
-	junk := filepath.Join(t.TempDir(), "junk.pt")
-	os.WriteFile(junk, []byte("junk"), 0o644)
-	if _, err := LoadCalibration(junk); err == nil {
-		t.Fatal("junk calibration: got nil error")
+	// Full rank joint at 16 bits is uncompressed: the identity.
+	full := compress.Uniform(g, all, compress.Side{Basis: compress.Joint, Rank: 32, Bits: 16}, 4)
+	if got := ppl(t, m, cal, full, w); got != base {
+		t.Fatalf("joint full rank 16-bit: %v, want %v", got, base)
+	}
+}
+
+// TestFormat1Hooks: a model exported with the format-1 hook applies
+// per-head settings exactly as the format-2 hook does (same weights), and
+// refuses what it cannot do.
+func TestFormat1Hooks(t *testing.T) {
+	m2 := loadTiny(t, "good")
+	m1 := loadTiny(t, "good_v1")
+	cal := calibrate(t, m2)
+	g := m2.Geometry()
+	w := evalWindows(12, 32)
+	for _, side := range []compress.Side{{Basis: compress.PerHead, Rank: 6, Bits: 16}, {Basis: compress.PerHead, Rank: 10, Bits: 4}} {
+		s := compress.Uniform(g, compress.Target{true, true}, side, 0)
+		p1, p2 := ppl(t, m1, cal, s, w), ppl(t, m2, cal, s, w)
+		if math.Abs(p1-p2) > 1e-4*p2 {
+			t.Fatalf("%v: format 1 %v, format 2 %v", side, p1, p2)
+		}
+	}
+	for _, s := range []compress.Setting{
+		compress.Uniform(g, compress.Target{true, true}, compress.Side{Basis: compress.Joint, Rank: 8, Bits: 16}, 0),
+		compress.Uniform(g, compress.Target{true, true}, compress.Side{Basis: compress.PerHead, Rank: 8, Bits: 16}, 4),
+	} {
+		if err := Apply(m1, cal, s); !errors.Is(err, ErrHookFormat) {
+			t.Fatalf("format 1 with %s: got %v, want ErrHookFormat", s.Key()[:20], err)
+		}
+	}
+}
+
+func TestApplyRefusesInvalidSettings(t *testing.T) {
+	m := loadTiny(t, "good")
+	cal := calibrate(t, m)
+	s := compress.Uncompressed(m.Geometry())
+	s.Layers[1][compress.V].Rank = 17 // per-head rank over D = 16
+	if err := Apply(m, cal, s); !errors.Is(err, compress.ErrInvalid) {
+		t.Fatalf("got %v, want ErrInvalid", err)
+	}
+	other := *cal
+	other.Geometry.Heads = 5
+	if err := Apply(m, &other, compress.Uncompressed(m.Geometry())); !errors.Is(err, kvfile.ErrMismatch) {
+		t.Fatalf("another geometry: got %v, want ErrMismatch", err)
 	}
 }

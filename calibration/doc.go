@@ -1,24 +1,23 @@
-// Package calibration runs text through a kvtorch model (docs/model-contract.md),
-// hands every layer's keys and values to hooks, accumulates streaming
-// statistics on the model's device, and computes per-layer, per-KV-head PCA
-// bases of K and V with torch.linalg. It also evaluates perplexity with
-// compression applied through the model's hook buffers, and searches ranks.
+// Package calibration is kvtorch's work on a model's device: a TorchScript
+// model checked against the model contract (docs/model-contract.md), the
+// forward loop that hands every layer's keys and values to hooks, streaming
+// statistics of K and V accumulated there, PCA with torch.linalg, writing a
+// compression setting into the model's hook buffers, and perplexity. The
+// workflow over it (open a model once, calibrate, measure, tune) is package
+// kvtorch; the data it reads and writes is package kvfile.
 //
 // The pieces:
 //
-//	model.go    Model: a TorchScript file checked against the contract
-//	texts.go    reading texts (files, folders, JSONL, stdin) and cutting sequences
-//	hooks.go    Hook and Run: the forward loop that feeds hooks; batches and padding masks
-//	stats.go    Stats: streaming count, sum and XᵀX per layer and head, on the device
-//	pca.go      RawMoments (mergeable, float64) and PCA with torch.linalg
-//	file.go     the calibration and statistics files (docs/calibration-format.md)
-//	eval.go     applying a setting through the hook buffers; perplexity on held-out text
-//	preset.go   presets and their memory accounting (docs/preset-format.md)
-//	tune.go     the searches: Tune and TuneUniform (the old tool's grid)
+//	model.go       Model: a TorchScript file checked against the contract
+//	hooks.go       Hook and Run: the forward loop that feeds hooks; batches and masks
+//	stats.go       Stats: streaming joint moments per layer, on the device
+//	pca.go         PCA: per-head, pooled and joint bases with torch.linalg
+//	apply.go       Apply: a compress.Setting into the hook buffers (formats 1 and 2)
+//	perplexity.go  Perplexity of the model as configured, on held-out windows
 //
 // Other analyses plug into the forward loop with a Hook:
 //
-//	err := calibration.Run(model, seqs, calibration.RunOptions{BatchSize: 8},
+//	err := calibration.Run(ctx, model, seqs, calibration.RunOptions{BatchSize: 8},
 //		calibration.HookFunc(func(b *calibration.Batch, layer int, k, v *torch.Tensor) error {
 //			// k, v: [B, H_kv, T, D] on the model's device; rows past b.Lengths are padding
 //			return nil

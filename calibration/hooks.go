@@ -1,8 +1,12 @@
 package calibration
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -11,14 +15,17 @@ type Batch struct {
 	Index   int           // 0-based batch number
 	IDs     *torch.Tensor // int64 [B, T] on the model's device
 	Lengths []int         // valid tokens per row; positions past them are padding
-	Seqs    []Sequence
+	Seqs    []kvfile.Sequence
 }
 
 // Tokens is the number of valid (non-padding) tokens.
-func (b *Batch) Tokens() int {
+func (b *Batch) Tokens() int { return b.TokensFrom(0) }
+
+// TokensFrom is the number of valid tokens at positions skip and later.
+func (b *Batch) TokensFrom(skip int) int {
 	n := 0
 	for _, l := range b.Lengths {
-		n += l
+		n += max(l-skip, 0)
 	}
 	return n
 }
@@ -32,17 +39,18 @@ func (b *Batch) MaxLen() int {
 	return m
 }
 
-// Mask returns a float tensor [B, 1, T, 1] of dtype on dev: 1 for valid
-// tokens, 0 for padding. Padding never enters statistics: multiply by it.
-func (b *Batch) Mask(dtype torch.DType, dev torch.Device) (*torch.Tensor, error) {
+// Mask returns a float tensor [B, T, 1] of dtype on dev: 1 for the tokens
+// statistics take, 0 for padding and for the first skip positions of every
+// row (attention sinks). Multiply by it.
+func (b *Batch) Mask(skip int, dtype torch.DType, dev torch.Device) (*torch.Tensor, error) {
 	t := b.MaxLen()
 	m := make([]float64, len(b.Lengths)*t)
 	for i, l := range b.Lengths {
-		for j := 0; j < l; j++ {
+		for j := skip; j < l; j++ {
 			m[i*t+j] = 1
 		}
 	}
-	cpu, err := torch.FromSlice(m, int64(len(b.Lengths)), 1, int64(t), 1)
+	cpu, err := torch.FromSlice(m, int64(len(b.Lengths)), int64(t), 1)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +62,7 @@ func (b *Batch) Mask(dtype torch.DType, dev torch.Device) (*torch.Tensor, error)
 func (b *Batch) Close() { b.IDs.Close() }
 
 // MakeBatch pads seqs with pad into a batch on dev.
-func MakeBatch(index int, seqs []Sequence, pad int, dev torch.Device) (*Batch, error) {
+func MakeBatch(index int, seqs []kvfile.Sequence, pad int, dev torch.Device) (*Batch, error) {
 	b := &Batch{Index: index, Seqs: seqs}
 	for _, s := range seqs {
 		b.Lengths = append(b.Lengths, len(s.IDs))
@@ -102,21 +110,16 @@ type RunOptions struct {
 	Progress func(batch, tokens int)
 }
 
-// PadID is the id used for padding: the EOS id when the model names one, else 0.
-func (m *Model) PadID() int {
-	if m.Meta.EOSTokenID != nil {
-		return *m.Meta.EOSTokenID
-	}
-	return 0
-}
-
 // Run feeds seqs through the model in batches and hands each layer's K and V
 // to the hooks. NaN or Inf in K or V stops it with an error naming the layer,
-// head and batch.
-func Run(m *Model, seqs []Sequence, opts RunOptions, hooks ...Hook) error {
+// head and batch; a cancelled ctx stops it between batches.
+func Run(ctx context.Context, m *Model, seqs []kvfile.Sequence, opts RunOptions, hooks ...Hook) error {
 	bs := max(opts.BatchSize, 1)
 	tokens := 0
 	for bi, start := 0, 0; start < len(seqs); bi, start = bi+1, start+bs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		b, err := MakeBatch(bi, seqs[start:min(start+bs, len(seqs))], m.PadID(), m.Device)
 		if err != nil {
 			return err
@@ -137,7 +140,7 @@ func Run(m *Model, seqs []Sequence, opts RunOptions, hooks ...Hook) error {
 func runBatch(m *Model, b *Batch, hooks []Hook) error {
 	out, err := m.Forward(b.IDs)
 	if err != nil {
-		return fmt.Errorf("batch %d: %w", b.Index, err)
+		return fmt.Errorf("calibration: batch %d: %w", b.Index, err)
 	}
 	defer out.Close()
 	if err := checkAllFinite(out, b); err != nil {
@@ -152,6 +155,10 @@ func runBatch(m *Model, b *Batch, hooks []Hook) error {
 	}
 	return nil
 }
+
+// ErrNonFinite marks NaN or Inf in a model's keys or values, or a perplexity
+// that is not finite.
+var ErrNonFinite = errors.New("non-finite values")
 
 // checkAllFinite checks every K and V of a forward pass with one device
 // synchronisation: NaN and Inf survive a sum, so the sum of the per-layer
@@ -176,8 +183,8 @@ func checkAllFinite(out *Output, b *Batch) error {
 		return err
 	}
 	for l := range out.Keys {
-		for kind, t := range []*torch.Tensor{out.Keys[l], out.Values[l]} {
-			if err := checkFinite(t, b, l, Kinds[kind]); err != nil {
+		for i, t := range []*torch.Tensor{out.Keys[l], out.Values[l]} {
+			if err := checkFinite(t, b, l, compress.Kinds[i]); err != nil {
 				return err
 			}
 		}
@@ -185,10 +192,7 @@ func checkAllFinite(out *Output, b *Batch) error {
 	return nil
 }
 
-// ErrNonFinite marks NaN or Inf in a model's keys or values.
-var ErrNonFinite = fmt.Errorf("non-finite values")
-
-func checkFinite(t *torch.Tensor, b *Batch, layer int, kind string) error {
+func checkFinite(t *torch.Tensor, b *Batch, layer int, kind compress.Kind) error {
 	ok, err := t.AllFinite()
 	if err != nil || ok {
 		return err
@@ -205,10 +209,10 @@ func checkFinite(t *torch.Tensor, b *Batch, layer int, kind string) error {
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("%w (NaN or Inf) in %s of layer %d, head %d, batch %d (which starts with %s)", ErrNonFinite, kind, layer, h, b.Index, b.Seqs[0].Source)
+			return fmt.Errorf("calibration: %w (NaN or Inf) in %s of layer %d, head %d, batch %d (which starts with %s)", ErrNonFinite, kind, layer, h, b.Index, b.Seqs[0].Source)
 		}
 	}
-	return fmt.Errorf("%w (NaN or Inf) in %s of layer %d, batch %d", ErrNonFinite, kind, layer, b.Index)
+	return fmt.Errorf("calibration: %w (NaN or Inf) in %s of layer %d, batch %d", ErrNonFinite, kind, layer, b.Index)
 }
 
 // scratch collects temporary tensors so one deferred call frees them all.

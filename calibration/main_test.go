@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -41,9 +42,18 @@ func tinyModel(t *testing.T, name string) string {
 	return filepath.Join(modelsDir, name+".pt")
 }
 
-func loadTiny(t *testing.T) *Model {
+// load reads a model's metadata and loads it on the CPU.
+func load(path string) (*Model, error) {
+	md, err := ReadMetadata(path)
+	if err != nil {
+		return nil, err
+	}
+	return LoadModel(path, md, torch.CPU)
+}
+
+func loadTiny(t *testing.T, name string) *Model {
 	t.Helper()
-	m, err := LoadModel(tinyModel(t, "good"), torch.CPU)
+	m, err := load(tinyModel(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,15 +62,15 @@ func loadTiny(t *testing.T) *Model {
 }
 
 // someSequences makes n sequences of varied lengths from the tiny vocabulary.
-func someSequences(n, maxLen int) []Sequence {
-	var seqs []Sequence
+func someSequences(n, maxLen int) []kvfile.Sequence {
+	var seqs []kvfile.Sequence
 	for i := 0; i < n; i++ {
 		l := maxLen - (i*7)%(maxLen/2)
 		ids := make([]int, l)
 		for j := range ids {
 			ids[j] = (i*31 + j*17 + j*j) % 290
 		}
-		seqs = append(seqs, Sequence{IDs: ids, Source: fmt.Sprintf("seq%d", i)})
+		seqs = append(seqs, kvfile.Sequence{IDs: ids, Source: fmt.Sprintf("seq%d", i)})
 	}
 	return seqs
 }

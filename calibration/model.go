@@ -1,175 +1,111 @@
 package calibration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"strings"
 
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/tokenizer"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
-// Metadata is a model's kvtorch.json (docs/model-contract.md).
-type Metadata struct {
-	FormatVersion int    `json:"format_version"`
-	Name          string `json:"name"`
-	Architecture  string `json:"architecture"`
-	NLayers       int    `json:"n_layers"`
-	NHeads        int    `json:"n_heads"`
-	NKVHeads      int    `json:"n_kv_heads"`
-	HeadDimK      int    `json:"head_dim_k"`
-	HeadDimV      int    `json:"head_dim_v"`
-	VocabSize     int    `json:"vocab_size"`
-	MaxPositions  int    `json:"max_positions"`
-	DType         string `json:"dtype"`
-	Device        string `json:"device"`
-	KVSource      string `json:"kv_source"`
-	Hook          struct {
-		K string `json:"k"`
-		V string `json:"v"`
-	} `json:"hook"`
-	Tokenizer  string `json:"tokenizer"`
-	AddBOS     bool   `json:"add_bos"`
-	BOSTokenID *int   `json:"bos_token_id"`
-	EOSTokenID *int   `json:"eos_token_id"`
-}
-
 // ErrContract marks a model file that breaks the model contract.
-var ErrContract = errors.New("model breaks the kvtorch model contract")
+var ErrContract = kvfile.ErrContract
 
 func contractf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrContract, fmt.Sprintf(format, args...))
 }
 
-// Model is a kvtorch model loaded onto a device and checked against the contract.
+// Model is a kvtorch model loaded onto a device and checked against the
+// contract: its metadata, tokenizer and hook buffers.
 type Model struct {
 	Path      string
-	SHA256    string
-	Meta      Metadata
+	Meta      kvfile.Metadata
 	Tokenizer *tokenizer.Tokenizer
 	Device    torch.Device
 	Module    *torch.Module
+
+	applied map[hookKey]string // what Apply last wrote to each hook
 }
 
-// Kinds are the two sides of the cache, in the order used everywhere.
-var Kinds = [2]string{"K", "V"}
-
-// HeadDim is D of K (kind 0) or V (kind 1).
-func (m *Model) HeadDim(kind int) int {
-	if kind == 0 {
-		return m.Meta.HeadDimK
-	}
-	return m.Meta.HeadDimV
+type hookKey struct {
+	layer int
+	kind  compress.Kind
 }
 
-// HookPrefix is the buffer prefix of the hook of (layer, kind).
-func (m *Model) HookPrefix(layer, kind int) string {
-	p := m.Meta.Hook.K
-	if kind == 1 {
-		p = m.Meta.Hook.V
-	}
-	return strings.ReplaceAll(p, "{layer}", fmt.Sprint(layer))
-}
+// Geometry is the shape of the model's KV cache.
+func (m *Model) Geometry() compress.Geometry { return m.Meta.Geometry() }
 
-// FileSHA256 hashes a file.
-func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
+// HeadDim is D of K or V.
+func (m *Model) HeadDim(k compress.Kind) int { return m.Meta.Geometry().Dims[k] }
 
 // ReadMetadata reads and checks a model file's kvtorch.json without loading
 // the model.
-func ReadMetadata(path string) (*Metadata, error) {
-	if st, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("model: %w", err)
-	} else if st.IsDir() {
-		return nil, fmt.Errorf("model: %s is a directory, not a TorchScript file", path)
-	}
+func ReadMetadata(path string) (*kvfile.Metadata, error) {
 	names, err := torch.ExtraFileNames(path)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: not a TorchScript file: %w", path, err)
+		return nil, fmt.Errorf("calibration: model %s: not a TorchScript file: %w", path, err)
 	}
 	if !slices.Contains(names, "kvtorch.json") {
-		return nil, fmt.Errorf("model %s: %w: no kvtorch.json extra file (export it with python -m kvtorch.export)", path, ErrContract)
+		return nil, fmt.Errorf("calibration: model %s: %w: no kvtorch.json extra file (export it with python -m kvtorch.export)", path, ErrContract)
 	}
 	raw, err := torch.ExtraFile(path, "kvtorch.json")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
-	var md Metadata
-	if err := json.Unmarshal(raw, &md); err != nil {
-		return nil, fmt.Errorf("model %s: %w: kvtorch.json: %v", path, ErrContract, err)
-	}
-	if err := md.check(); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+	md, err := kvfile.ParseMetadata(raw)
+	if err != nil {
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
 	if !slices.Contains(names, md.Tokenizer) {
-		return nil, fmt.Errorf("model %s: %w: no %s extra file", path, ErrContract, md.Tokenizer)
+		return nil, fmt.Errorf("calibration: model %s: %w: no %s extra file", path, ErrContract, md.Tokenizer)
 	}
-	return &md, nil
+	return md, nil
 }
 
-// LoadModel loads a TorchScript model onto dev and checks its metadata,
-// tokenizer and hook buffers; errors name what is wrong.
-func LoadModel(path string, dev torch.Device) (*Model, error) {
-	md, err := ReadMetadata(path)
-	if err != nil {
-		return nil, err
-	}
-	m := &Model{Path: path, Device: dev, Meta: *md}
+// LoadModel loads a TorchScript model with metadata md (ReadMetadata) onto
+// dev and checks its tokenizer and hook buffers; errors name what is wrong.
+// The model runs without TorchScript's per-shape re-specialisation
+// (torch.Module.SetOptimize(false)): batch lengths vary.
+func LoadModel(path string, md *kvfile.Metadata, dev torch.Device) (*Model, error) {
+	m := &Model{Path: path, Device: dev, Meta: *md, applied: map[hookKey]string{}}
 	tj, err := torch.ExtraFile(path, md.Tokenizer)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
 	if m.Tokenizer, err = tokenizer.Load(tj); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
-	}
-	if m.SHA256, err = FileSHA256(path); err != nil {
-		return nil, fmt.Errorf("model: %w", err)
+		return nil, fmt.Errorf("calibration: model %s: %w (give the texts as .jsonl lines with \"input_ids\" instead)", path, err)
 	}
 	if m.Module, err = torch.Load(path, dev); err != nil {
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
-	// Batches change length: run graphs without per-shape re-specialisation.
 	m.Module.SetOptimize(false)
 	if err := m.checkHooks(); err != nil {
 		m.Module.Close()
-		return nil, fmt.Errorf("model %s: %w", path, err)
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
 	return m, nil
 }
 
-func (md *Metadata) check() error {
-	switch {
-	case md.FormatVersion != 1:
-		return contractf("kvtorch.json format_version %d (this kvtorch reads 1)", md.FormatVersion)
-	case md.NLayers <= 0 || md.NKVHeads <= 0 || md.HeadDimK <= 0 || md.HeadDimV <= 0 || md.VocabSize <= 0:
-		return contractf("kvtorch.json needs positive n_layers, n_kv_heads, head_dim_k, head_dim_v and vocab_size")
-	case md.KVSource != "pre_rope" && md.KVSource != "post_rope" && md.KVSource != "mla_latent":
-		return contractf("kvtorch.json kv_source %q (want pre_rope, post_rope or mla_latent)", md.KVSource)
-	case !strings.Contains(md.Hook.K, "{layer}") || !strings.Contains(md.Hook.V, "{layer}"):
-		return contractf("kvtorch.json hook prefixes must contain {layer}")
-	case md.Tokenizer == "":
-		return contractf("kvtorch.json names no tokenizer")
+// hookBuffers are the buffers of a hook of the model's format and their
+// shapes ([] for scalars).
+func (m *Model) hookBuffers(k compress.Kind) []struct {
+	name  string
+	shape []int64
+} {
+	g := m.Geometry()
+	h, d, e := int64(g.Heads), int64(g.Dims[k]), int64(g.Width(k))
+	type buf = struct {
+		name  string
+		shape []int64
 	}
-	if md.MaxPositions <= 0 {
-		md.MaxPositions = 1 << 30
+	if m.Meta.FormatVersion == 1 {
+		return []buf{{"down", []int64{h, d, d}}, {"up", []int64{h, d, d}}, {"mean", []int64{h, d}}, {"bits", []int64{}}}
 	}
-	return nil
+	return []buf{{"down", []int64{e, e}}, {"up", []int64{e, e}}, {"mean", []int64{e}}, {"bits", []int64{}},
+		{"qscale", []int64{e}}, {"qhead", []int64{}}, {"sink", []int64{}}}
 }
 
 func (m *Model) checkHooks() error {
@@ -182,16 +118,12 @@ func (m *Model) checkHooks() error {
 		has[n] = true
 	}
 	for l := 0; l < m.Meta.NLayers; l++ {
-		for kind := range Kinds {
-			p := m.HookPrefix(l, kind)
-			h, d := int64(m.Meta.NKVHeads), int64(m.HeadDim(kind))
-			for _, b := range []struct {
-				name  string
-				shape []int64
-			}{{"down", []int64{h, d, d}}, {"up", []int64{h, d, d}}, {"mean", []int64{h, d}}, {"bits", nil}} {
+		for _, k := range compress.Kinds {
+			p := m.Meta.HookPrefix(l, k)
+			for _, b := range m.hookBuffers(k) {
 				name := p + "." + b.name
 				if !has[name] {
-					return contractf("no hook buffer %s", name)
+					return contractf("no hook buffer %s (format_version %d)", name, m.Meta.FormatVersion)
 				}
 				t, err := m.Module.Buffer(name)
 				if err != nil {
@@ -199,7 +131,7 @@ func (m *Model) checkHooks() error {
 				}
 				shape := t.Shape()
 				t.Close()
-				if fmt.Sprint(shape) != fmt.Sprint(b.shape) && !(len(b.shape) == 0 && len(shape) == 0) {
+				if !slices.Equal(shape, b.shape) {
 					return contractf("hook buffer %s has shape %v, want %v", name, shape, b.shape)
 				}
 			}
@@ -210,6 +142,22 @@ func (m *Model) checkHooks() error {
 
 // Close frees the module.
 func (m *Model) Close() error { return m.Module.Close() }
+
+// PadID is the id used for padding: the EOS id when the model names one, else 0.
+func (m *Model) PadID() int {
+	if m.Meta.EOSTokenID != nil {
+		return *m.Meta.EOSTokenID
+	}
+	return 0
+}
+
+// EOS is the id that separates documents in evaluation text, or -1.
+func (m *Model) EOS() int {
+	if m.Meta.EOSTokenID != nil {
+		return *m.Meta.EOSTokenID
+	}
+	return -1
+}
 
 // Output is one forward pass: logits [B, T, V] and per-layer K and V.
 type Output struct {
@@ -239,7 +187,7 @@ func (m *Model) Forward(ids *torch.Tensor) (*Output, error) {
 	out, err := m.checkOutput(v, ids.Shape())
 	if err != nil {
 		torch.CloseValue(v)
-		return nil, fmt.Errorf("model %s: %w", m.Path, err)
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, err)
 	}
 	return out, nil
 }
@@ -258,28 +206,29 @@ func (m *Model) checkOutput(v torch.Value, in []int64) (*Output, error) {
 		return nil, contractf("logits have shape %v, want [%d, %d, %d]", s, b, t, m.Meta.VocabSize)
 	}
 	out := &Output{Logits: logits}
-	for kind, x := range tup[1:] {
+	for i, x := range tup[1:] {
+		k := compress.Kinds[i]
 		seq, ok := x.(torch.Tuple)
 		if !ok {
 			if l, isList := x.(torch.List); isList {
 				seq = torch.Tuple(l)
 			} else {
-				return nil, contractf("forward output %d (%s) is %s, not a tuple of tensors", kind+1, strings.ToLower(Kinds[kind])+"s", describeValue(x))
+				return nil, contractf("forward output %d (%ss) is %s, not a tuple of tensors", i+1, strings.ToLower(k.String()), describeValue(x))
 			}
 		}
 		if len(seq) != m.Meta.NLayers {
-			return nil, contractf("forward returned %d %s tensors for %d layers", len(seq), Kinds[kind], m.Meta.NLayers)
+			return nil, contractf("forward returned %d %s tensors for %d layers", len(seq), k, m.Meta.NLayers)
 		}
 		for l, e := range seq {
 			tt, ok := e.(*torch.Tensor)
 			if !ok {
-				return nil, contractf("%s of layer %d is %s, not a tensor", Kinds[kind], l, describeValue(e))
+				return nil, contractf("%s of layer %d is %s, not a tensor", k, l, describeValue(e))
 			}
-			want := []int64{b, int64(m.Meta.NKVHeads), t, int64(m.HeadDim(kind))}
-			if s := tt.Shape(); fmt.Sprint(s) != fmt.Sprint(want) {
-				return nil, contractf("%s of layer %d has shape %v, want [B, H_kv, T, D] = %v", Kinds[kind], l, s, want)
+			want := []int64{b, int64(m.Meta.NKVHeads), t, int64(m.HeadDim(k))}
+			if s := tt.Shape(); !slices.Equal(s, want) {
+				return nil, contractf("%s of layer %d has shape %v, want [B, H_kv, T, D] = %v", k, l, s, want)
 			}
-			if kind == 0 {
+			if k == compress.K {
 				out.Keys = append(out.Keys, tt)
 			} else {
 				out.Values = append(out.Values, tt)

@@ -34,10 +34,12 @@ func (c *Calibration) Basis(layer int, k compress.Kind, b compress.Basis) (*Basi
 	return sb.PerHead, nil
 }
 
-func basisDict(b *Basis) *pt.Dict {
+// basisDict lays a basis out as calibration files hold it: a per-head basis
+// [H, D, D] and [H, D]; a joint basis without the group axis, [E, E] and [E].
+func basisDict(b *Basis, joint bool) *pt.Dict {
 	g, n := int64(b.Groups), int64(b.Dim)
 	shape := []int64{g, n}
-	if b.Groups == 1 { // a joint basis is stored without the group axis
+	if joint {
 		shape = []int64{n}
 	}
 	return pt.NewDict().Set("U", f32(b.U, append(append([]int64{}, shape...), n)...)).
@@ -53,9 +55,9 @@ func (c *Calibration) Save(path string) error {
 	for _, pair := range c.Layers {
 		ld := pt.NewDict()
 		for _, k := range compress.Kinds {
-			bd := basisDict(pair[k].PerHead)
+			bd := basisDict(pair[k].PerHead, false)
 			if pair[k].Joint != nil {
-				bd.Set("joint", basisDict(pair[k].Joint))
+				bd.Set("joint", basisDict(pair[k].Joint, true))
 			}
 			ld.Set(k.String(), bd)
 		}

@@ -117,6 +117,25 @@ func TestMomentsRefuseImpossibleStatistics(t *testing.T) {
 
 var geo = compress.Geometry{Layers: 2, Heads: 2, Dims: [2]int{4, 3}}
 
+// TestOneHeadCalibration: with one KV head (MLA models), the per-head basis
+// [1, D, D] and the joint basis [D, D] must not be confused.
+func TestOneHeadCalibration(t *testing.T) {
+	c := testCalibration()
+	c.Geometry = compress.Geometry{Layers: 2, Heads: 1, Dims: [2]int{4, 3}}
+	for l := range c.Layers {
+		for _, k := range compress.Kinds {
+			c.Layers[l][k] = SideBases{PerHead: identityBasis(1, c.Geometry.Dims[k]), Joint: identityBasis(1, c.Geometry.Dims[k])}
+		}
+	}
+	path := filepath.Join(t.TempDir(), "c.pt")
+	if err := c.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCalibration(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // identityBasis is an orthonormal basis (the identity) with made-up spectra.
 func identityBasis(groups, dim int) *Basis {
 	b := &Basis{Groups: groups, Dim: dim}

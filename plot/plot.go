@@ -8,7 +8,8 @@ import (
 	"image/color"
 	"io"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
@@ -83,24 +84,32 @@ func Tradeoff(path, title string, budget float64, series []Series) error {
 	})
 }
 
-// Spectra draws, per layer, the explained variance (mean over KV heads)
-// against rank, for K and V side by side.
-func Spectra(path string, cal *calibration.Calibration) error {
+// Spectra draws, per layer, the explained variance against rank, for K and
+// V side by side: of the joint bases (one over the KV heads joined) when the
+// calibration has them, else of the per-head bases (mean over heads).
+func Spectra(path string, cal *kvfile.Calibration) error {
 	var plots []*plot.Plot
-	for kind, name := range calibration.Kinds {
+	joint := cal.HasJoint()
+	for _, kind := range compress.Kinds {
 		p := plot.New()
-		p.Title.Text = fmt.Sprintf("%s (%s)", name, cal.Model.KVSource)
-		if kind == 1 {
-			p.Title.Text = "V"
+		p.Title.Text = kind.String()
+		if kind == compress.K {
+			p.Title.Text = fmt.Sprintf("K (%s)", cal.Model.KVSource)
 		}
-		p.X.Label.Text = "rank"
+		p.X.Label.Text = "rank (per KV head)"
+		if joint {
+			p.X.Label.Text = fmt.Sprintf("rank (joint over %d KV heads)", cal.Geometry.Heads)
+		}
 		p.Y.Label.Text = "explained variance"
 		p.Y.Min, p.Y.Max = 0, 1
 		p.Add(plotter.NewGrid())
 		for l, pair := range cal.Layers {
-			b := pair[kind]
-			pts := make(plotter.XYs, b.D+1)
-			for r := 0; r <= b.D; r++ {
+			b := pair[kind].PerHead
+			if joint {
+				b = pair[kind].Joint
+			}
+			pts := make(plotter.XYs, b.Dim+1)
+			for r := 0; r <= b.Dim; r++ {
 				pts[r] = plotter.XY{X: float64(r), Y: b.ExplainedVariance(-1, r)}
 			}
 			ln, err := plotter.NewLine(pts)

@@ -6,7 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 )
 
 func decodePNG(t *testing.T, path string) (w, h int) {
@@ -49,17 +50,21 @@ func TestTradeoff(t *testing.T) {
 }
 
 func TestSpectra(t *testing.T) {
-	basis := func(scale float64) *calibration.Basis {
-		b := &calibration.Basis{H: 2, D: 8}
-		for h := 0; h < 2; h++ {
-			for i := 0; i < 8; i++ {
+	basis := func(groups, dim int, scale float64) *kvfile.Basis {
+		b := &kvfile.Basis{Groups: groups, Dim: dim}
+		for g := 0; g < groups; g++ {
+			for i := 0; i < dim; i++ {
 				b.Eigenvalues = append(b.Eigenvalues, scale/float64(i+1))
 			}
 		}
 		return b
 	}
-	cal := &calibration.Calibration{Model: calibration.ModelInfo{KVSource: "pre_rope"}, NLayers: 2,
-		Layers: [][2]*calibration.Basis{{basis(1), basis(2)}, {basis(3), basis(4)}}}
+	side := func(scale float64) kvfile.SideBases {
+		return kvfile.SideBases{PerHead: basis(2, 8, scale), Joint: basis(1, 16, scale)}
+	}
+	cal := &kvfile.Calibration{Header: kvfile.Header{Model: kvfile.ModelInfo{KVSource: "pre_rope"},
+		Geometry: compress.Geometry{Layers: 2, Heads: 2, Dims: [2]int{8, 8}}},
+		Layers: [][2]kvfile.SideBases{{side(1), side(2)}, {side(3), side(4)}}}
 	path := filepath.Join(t.TempDir(), "s.png")
 	if err := Spectra(path, cal); err != nil {
 		t.Fatal(err)

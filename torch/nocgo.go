@@ -58,6 +58,7 @@ func SVD(*Tensor) (u, s, vh *Tensor, err error)                   { return nil, 
 
 func Load(string, Device) (*Module, error)          { return nil, ErrNoLibtorch }
 func (m *Module) Close() error                      { return nil }
+func (m *Module) SetOptimize(bool)                  {}
 func (m *Module) Path() string                      { return "" }
 func (m *Module) Device() Device                    { return CPU }
 func (m *Module) Forward(...*Tensor) (Value, error) { return nil, ErrNoLibtorch }

@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -22,8 +23,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/bench/internal/stat"
 	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
 	"github.com/kvtorch/kvtorch/torch"
 )
@@ -105,7 +108,7 @@ func bench() error {
 			for i := 0; i < mult; i++ {
 				texts = append(texts, base...)
 			}
-			args := []string{"calibrate", "-q", "--json", "--model", *model, "--out", filepath.Join(tmp, "k.pt")}
+			args := []string{"calibrate", "-q", "--json", "--model", *model, "--output", filepath.Join(tmp, "k.pt")}
 			for _, t := range texts {
 				args = append(args, "--texts", t)
 			}
@@ -133,11 +136,11 @@ func bench() error {
 	common := []string{"--model", *model, "--texts", *evalDir, "--max-tokens", fmt.Sprint(*maxTokens), "-q"}
 	cal := filepath.Join(tmp, "calib.pt")
 	shared := filepath.Join(tmp, "shared.pt")
-	kcal, err := measure(kv, "calibrate", "-q", "--model", *model, "--texts", *calibDir, "--out", cal, "--plot", filepath.Join(*outDir, "spectra.png"))
+	kcal, err := measure(kv, "calibrate", "-q", "--model", *model, "--texts", *calibDir, "--output", cal, "--plot", filepath.Join(*outDir, "spectra.png"))
 	if err != nil {
 		return err
 	}
-	if _, err := measure(kv, "calibrate", "-q", "--model", *model, "--texts", *calibDir, "--out", shared, "--shared-heads"); err != nil {
+	if _, err := measure(kv, "calibrate", "-q", "--model", *model, "--texts", *calibDir, "--output", shared, "--shared-heads"); err != nil {
 		return err
 	}
 	type method struct {
@@ -161,7 +164,7 @@ func bench() error {
 		if err != nil {
 			return err
 		}
-		p, err := calibration.LoadPreset(preset)
+		p, err := kvfile.LoadPreset(preset)
 		if err != nil {
 			return err
 		}
@@ -219,27 +222,31 @@ func bench() error {
 // statsOverhead times the forward passes of calibration with and without the
 // statistics hook, alternating, on the same batches.
 func statsOverhead() error {
-	m, err := calibration.LoadModel(*model, torch.CPU)
+	m, err := kvtorch.Open(*model, kvtorch.OpenOptions{})
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	texts, _, err := calibration.ReadTexts([]string{*calibDir}, nil)
+	texts, err := kvfile.ReadCorpus([]string{*calibDir}, nil)
 	if err != nil {
 		return err
 	}
-	seqs, _ := calibration.Encode(m.Tokenizer, texts, 512, 32)
+	seqs, _, err := texts.Encode(m.Tokenizer, m.Meta.VocabSize, texts.Docs, kvfile.EncodeOptions{MaxLength: 512, MinTokens: 32})
+	if err != nil {
+		return err
+	}
 	opts := calibration.RunOptions{BatchSize: 8}
+	ctx := context.Background()
 	var bare, stats []float64
 	for round := 0; round < 5; round++ {
 		start := time.Now()
-		if err := calibration.Run(m, seqs, opts); err != nil {
+		if err := calibration.Run(ctx, m.Model, seqs, opts); err != nil {
 			return err
 		}
 		bare = append(bare, time.Since(start).Seconds())
-		st := calibration.NewStats(m, torch.Float32)
+		st := calibration.NewStats(m.Model, torch.Float32, kvtorch.DefaultSinks)
 		start = time.Now()
-		err := calibration.Run(m, seqs, opts, st)
+		err := calibration.Run(ctx, m.Model, seqs, opts, st)
 		stats = append(stats, time.Since(start).Seconds())
 		st.Close()
 		if err != nil {

@@ -1,8 +1,9 @@
 """Tiny kvtorch models for the calibration tests: one that follows the model
-contract and variants that break it in one way each.
+contract, the same with the format-1 compression hook (as models exported
+before hook format 2 have), and variants that break it in one way each.
 
 Usage: python models.py OUT_DIR
-Writes OUT_DIR/{good,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers}.pt
+Writes OUT_DIR/{good,good_v1,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers}.pt
 """
 import json
 import os
@@ -26,6 +27,28 @@ def tokenizer_json():
     tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     return tok.to_str(), tok.get_vocab_size()
+
+
+class KVHookV1(nn.Module):
+    """The compression hook of format 1: per KV head, [H, D, D] down/up,
+    [H, D] mean, bits; no sinks, raw per-token absmax quantization."""
+
+    def __init__(self, heads, dim):
+        super().__init__()
+        eye = torch.eye(dim).expand(heads, dim, dim).clone()
+        self.register_buffer("down", eye)
+        self.register_buffer("up", eye.clone())
+        self.register_buffer("mean", torch.zeros(heads, dim))
+        self.register_buffer("bits", torch.tensor(16.0))
+
+    def forward(self, x):
+        mean = self.mean[:, None, :]
+        z = torch.matmul(x.float() - mean, self.down)
+        levels = torch.pow(2.0, self.bits - 1) - 1
+        scale = z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels
+        zq = torch.round(z / scale) * scale
+        z = torch.where(self.bits >= 16, z, zq)
+        return (torch.matmul(z, self.up) + mean).to(x.dtype)
 
 
 class Wrap(nn.Module):
@@ -71,6 +94,14 @@ def main(out):
                 md = dict(md, hook={k: "inner." + v for k, v in md["hook"].items()})
             extra["kvtorch.json"] = json.dumps(md)
         torch.jit.save(traced, os.path.join(out, f"{name}.pt"), _extra_files=extra)
+    # The same weights with format-1 hooks.
+    for blk in model.blocks:
+        blk.attn.k_hook = KVHookV1(c.n_kv_heads, c.head_dim)
+        blk.attn.v_hook = KVHookV1(c.n_kv_heads, c.head_dim)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+    torch.jit.save(traced, os.path.join(out, "good_v1.pt"),
+                   _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=1))})
 
 
 if __name__ == "__main__":

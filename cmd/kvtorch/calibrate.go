@@ -3,40 +3,47 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
-	"github.com/kvtorch/kvtorch/torch"
 	"github.com/urfave/cli/v2"
 )
 
 var calibrateCommand = &cli.Command{
 	Name:  "calibrate",
-	Usage: "learn per-layer, per-head PCA bases of a model's keys and values from sample text",
-	Description: "Runs the texts through the model (on its device), accumulates per-layer, per-KV-head\n" +
-		"statistics of K and V there (count, sum, XᵀX; memory independent of the amount of text),\n" +
-		"and computes the PCA with torch.linalg. The whole spectrum is kept: calibrate once,\n" +
-		"tune many times. Without --model/--texts it uses the bundled reference model and its\n" +
-		"calibration texts. The file format is in docs/calibration-format.md.",
+	Usage: "learn PCA bases of a model's keys and values (per KV head and joint over the heads) from sample text",
+	UsageText: "kvtorch calibrate --model qwen.pt --texts calib/ --output calib.pt\n" +
+		"kvtorch calibrate --model qwen.pt --texts shard3/ --stats-out stats-3.pt --stats-only   # one shard of many\n" +
+		"cat corpus.txt | kvtorch calibrate --model qwen.pt --texts -",
+	Description: "Runs the texts through the model (on its device), accumulates the statistics of every\n" +
+		"layer's K and V there (count, sum, XᵀX over the KV heads joined; memory independent of the\n" +
+		"amount of text; the first --sinks tokens of each sequence left out, as kvtorch keeps them\n" +
+		"exact), and computes the PCA with torch.linalg: a basis per KV head and one joint basis per\n" +
+		"layer. The whole spectrum is kept: calibrate once, tune many times. Texts: files, folders of\n" +
+		"*.txt and *.jsonl (\"text\", or \"input_ids\" for tokenizers kvtorch does not support), or -\n" +
+		"for stdin. Without --model/--texts it uses the bundled reference model and its calibration\n" +
+		"texts. The file format is in docs/calibration-format.md.",
 	Flags: []cli.Flag{
 		modelFlag,
-		&cli.StringSliceFlag{Name: "texts", Aliases: []string{"t"}, Usage: "text files, folders (*.txt, *.jsonl with a \"text\" field) or - for stdin; default: the bundled calibration texts", EnvVars: []string{"KVTORCH_TEXTS"}},
-		&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "calib.pt", Usage: "calibration file to write", EnvVars: []string{"KVTORCH_OUT"}},
+		textsFlag("text files, folders (*.txt, *.jsonl) or - for stdin; default: the bundled calibration texts"),
+		outputFlag("calib.pt", "calibration file to write"),
 		&cli.StringFlag{Name: "stats-out", Usage: "also write the raw statistics, for `kvtorch merge` of shards"},
 		&cli.BoolFlag{Name: "stats-only", Usage: "write only --stats-out (a shard of a larger calibration), no PCA"},
 		deviceFlag,
-		&cli.IntFlag{Name: "max-length", Value: 512, Usage: "tokens per sequence; longer texts are cut into several sequences"},
-		&cli.IntFlag{Name: "batch-size", Value: 8, Usage: "sequences per forward pass"},
+		&cli.IntFlag{Name: "seq-len", Aliases: []string{"max-length"}, Value: 512, EnvVars: []string{"KVTORCH_SEQ_LEN"},
+			Usage: "tokens per sequence; longer texts are cut into several"},
+		batchFlag(8),
 		&cli.IntFlag{Name: "num-samples", Usage: "use at most this many documents, chosen with --seed (0: all)"},
 		&cli.Uint64Flag{Name: "seed", Usage: "seed for choosing and ordering documents"},
 		&cli.IntFlag{Name: "min-tokens", Value: 32, Usage: "skip (with a warning) documents with fewer tokens"},
+		sinksFlag,
 		&cli.StringFlag{Name: "accumulate", Value: "float32", Usage: "dtype of the statistics on the device: float32 or float64"},
 		&cli.StringFlag{Name: "method", Value: "eigh", Usage: "PCA by eigh of the covariance, or svd"},
-		&cli.BoolFlag{Name: "shared-heads", Usage: "one basis per layer shared by all KV heads (as the old Python tool)"},
-		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress or summary on stderr"},
-		&cli.BoolFlag{Name: "json", Usage: "print a JSON summary on stdout"},
+		&cli.BoolFlag{Name: "shared-heads", Usage: "per-head bases: one basis of the KV heads pooled (as the old Python tool)"},
+		quietFlag,
+		jsonFlag,
 		&cli.StringFlag{Name: "plot", Usage: "draw the explained-variance spectra of K and V per layer into this PNG"},
 	},
 	Action: calibrateAction,
@@ -46,146 +53,145 @@ func calibrateAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("calibrate takes no arguments (texts go in --texts)")
 	}
-	acc := map[string]torch.DType{"float32": torch.Float32, "float64": torch.Float64}
-	dtype, ok := acc[c.String("accumulate")]
-	if !ok {
-		return usagef("--accumulate must be float32 or float64")
-	}
-	if m := c.String("method"); m != "eigh" && m != "svd" {
-		return usagef("--method must be eigh or svd")
-	}
-	if c.Int("max-length") < 2 || c.Int("batch-size") < 1 {
-		return usagef("--max-length must be at least 2 and --batch-size at least 1")
+	if err := nonNegative(c, "num-samples", "min-tokens", "sinks", "batch-size", "seq-len"); err != nil {
+		return err
 	}
 	if c.Bool("stats-only") && c.String("stats-out") == "" {
 		return usagef("--stats-only needs --stats-out")
 	}
-	stderr := c.App.ErrWriter
-	m, err := loadModel(c)
+	model, err := modelPath(c)
+	if err != nil {
+		return err
+	}
+	texts := textPaths(c, "calib")
+	out := c.String("output")
+	if c.Bool("stats-only") {
+		out = ""
+	}
+	if err := checkOutputs(append([]string{model}, files(texts)...),
+		map[string]string{"output": out, "stats-out": c.String("stats-out"), "plot": c.String("plot")}); err != nil {
+		return err
+	}
+	corpus, err := readTexts(texts)
+	if err != nil {
+		return err
+	}
+	m, err := openModel(c)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	maxLen := min(c.Int("max-length"), m.Meta.MaxPositions)
-	texts, files, err := calibration.ReadTexts(textPaths(c, "texts", "calib"), os.Stdin)
-	if err != nil {
-		return err
-	}
-	texts = calibration.Sample(texts, c.Int("num-samples"), c.Uint64("seed"))
-	seqs, skipped := calibration.Encode(m.Tokenizer, texts, maxLen, c.Int("min-tokens"))
-	for _, s := range skipped {
-		if !c.Bool("quiet") {
-			fmt.Fprintf(stderr, "kvtorch: warning: skipping %s: %d tokens, fewer than --min-tokens %d\n", s.Source, s.Tokens, c.Int("min-tokens"))
-		}
-	}
-	if len(seqs) == 0 {
-		return fmt.Errorf("no usable text: %d documents read, none with at least %d tokens", len(texts), c.Int("min-tokens"))
-	}
-	total := 0
-	for _, s := range seqs {
-		total += len(s.IDs)
-	}
-	opts := calibration.Options{MaxLength: maxLen, BatchSize: c.Int("batch-size"), NumSamples: c.Int("num-samples"),
-		MinTokens: c.Int("min-tokens"), Seed: c.Uint64("seed"), Accumulate: c.String("accumulate"),
-		Method: c.String("method"), SharedHeads: c.Bool("shared-heads"), Device: m.Device.String()}
-
-	stats := calibration.NewStats(m, dtype)
-	defer stats.Close()
-	prog := newProgress(stderr, "calibrate", total, c.Bool("quiet"))
-	start := time.Now()
-	err = calibration.Run(m, seqs, calibration.RunOptions{BatchSize: opts.BatchSize,
-		Progress: func(_, done int) { prog.update(done) }}, stats)
+	prog := newProgress(c.App.ErrWriter, c.Bool("quiet"), 0)
+	res, err := kvtorch.Calibrate(c.Context, m, corpus, kvtorch.CalibrateOptions{
+		MaxLength: c.Int("seq-len"), BatchSize: c.Int("batch-size"), NumSamples: c.Int("num-samples"), Seed: c.Uint64("seed"),
+		MinTokens: orNone(c.Int("min-tokens")), Accumulate: c.String("accumulate"), Method: c.String("method"),
+		SharedHeads: c.Bool("shared-heads"), Sinks: orNone(c.Int("sinks")), StatsOnly: c.Bool("stats-only"),
+	}, prog.event)
 	prog.finish()
 	if err != nil {
 		return err
 	}
-	if err := m.Device.Synchronize(); err != nil {
-		return err
+	for _, s := range res.Skipped {
+		if !c.Bool("quiet") {
+			fmt.Fprintf(c.App.ErrWriter, "kvtorch: warning: skipped %s: %d tokens, fewer than --min-tokens %d\n", s.Source, s.Tokens, c.Int("min-tokens"))
+		}
 	}
-	sf, err := calibration.StatsFileOf(m, stats, files, opts)
-	if err != nil {
-		return err
-	}
-	if c.Bool("stats-only") {
-		if err := sf.Save(c.String("stats-out")); err != nil {
+	if p := c.String("stats-out"); p != "" {
+		if err := res.Stats.Save(p); err != nil {
 			return err
 		}
+	}
+	if res.Calibration == nil {
 		if !c.Bool("quiet") {
-			fmt.Fprintf(stderr, "accumulated %d tokens in %.1fs; wrote statistics %s\n", sf.Tokens(), time.Since(start).Seconds(), c.String("stats-out"))
+			fmt.Fprintf(c.App.ErrWriter, "accumulated %d tokens in %.1fs; wrote statistics %s\n", res.Stats.Tokens(), res.Elapsed.Seconds(), c.String("stats-out"))
 		}
 		return nil
 	}
-	cal, err := sf.Calibrate(m.Device)
-	if err != nil {
-		return err
-	}
-	elapsed := time.Since(start)
-	if p := c.String("stats-out"); p != "" {
-		if err := sf.Save(p); err != nil {
-			return err
-		}
-	}
-	out := c.String("out")
-	if err := cal.Save(out); err != nil {
+	if err := res.Calibration.Save(out); err != nil {
 		return err
 	}
 	if p := c.String("plot"); p != "" {
-		if err := plot.Spectra(p, cal); err != nil {
+		if err := plot.Spectra(p, res.Calibration); err != nil {
 			return err
 		}
 	}
-	return report(c, cal, out, elapsed, len(skipped))
+	return report(c, res.Calibration, out, res.Elapsed, len(res.Skipped))
 }
 
-// summaryRanks are the ranks at which summaries show explained variance.
-var summaryRanks = []int{8, 16, 32}
+// orNone maps a flag's 0 to the library's "none" (-1), as its zero means
+// "the default".
+func orNone(v int) int {
+	if v == 0 {
+		return -1
+	}
+	return v
+}
+
+// summaryFractions are the fractions of each basis's dimension at which
+// summaries show explained variance.
+var summaryFractions = []float64{0.25, 0.5, 0.75}
+
+// explained is the explained variance of a basis at summaryFractions of its
+// dimension (nil for a missing basis).
+func explained(b *kvfile.Basis) []float64 {
+	if b == nil {
+		return nil
+	}
+	var out []float64
+	for _, f := range summaryFractions {
+		out = append(out, b.ExplainedVariance(-1, int(f*float64(b.Dim))))
+	}
+	return out
+}
 
 // report prints the summary on stderr (unless --quiet) and JSON on stdout (--json).
-func report(c *cli.Context, cal *calibration.Calibration, out string, elapsed time.Duration, skipped int) error {
+func report(c *cli.Context, cal *kvfile.Calibration, out string, elapsed time.Duration, skipped int) error {
 	secs := elapsed.Seconds()
+	type sideSummary struct {
+		PerHead []float64 `json:"per_head"`
+		Joint   []float64 `json:"joint,omitempty"`
+	}
 	type layerSummary struct {
-		Layer int                `json:"layer"`
-		K     map[string]float64 `json:"k"`
-		V     map[string]float64 `json:"v"`
+		Layer int         `json:"layer"`
+		K     sideSummary `json:"k"`
+		V     sideSummary `json:"v"`
 	}
 	var layers []layerSummary
 	for l, pair := range cal.Layers {
-		ls := layerSummary{Layer: l, K: map[string]float64{}, V: map[string]float64{}}
-		for _, r := range summaryRanks {
-			ls.K[fmt.Sprint(r)] = pair[0].ExplainedVariance(-1, r)
-			ls.V[fmt.Sprint(r)] = pair[1].ExplainedVariance(-1, r)
-		}
-		layers = append(layers, ls)
+		layers = append(layers, layerSummary{Layer: l,
+			K: sideSummary{explained(pair[0].PerHead), explained(pair[0].Joint)},
+			V: sideSummary{explained(pair[1].PerHead), explained(pair[1].Joint)}})
 	}
 	if !c.Bool("quiet") {
 		w := c.App.ErrWriter
-		fmt.Fprintf(w, "calibrated %s (%s) on %s: %d tokens in %.1fs (%s tok/s); wrote %s\n",
-			cal.Model.File, cal.Model.KVSource, cal.Options.Device, cal.Tokens, secs, humanCount(float64(cal.Tokens)/max(secs, 1e-9)), out)
-		fmt.Fprintf(w, "explained variance (mean over KV heads) at rank")
-		for _, r := range summaryRanks {
-			fmt.Fprintf(w, " %d", r)
+		fmt.Fprintf(w, "calibrated %s (%s, %v) on %s: %d tokens in %.1fs (%s tok/s), the first %d of each sequence left out; wrote %s\n",
+			cal.Model.File, cal.Model.KVSource, cal.Geometry, cal.Options.Device, cal.Tokens, secs,
+			humanCount(float64(cal.Tokens)/max(secs, 1e-9)), cal.Options.Sinks, out)
+		fmt.Fprintln(w, "explained variance at 1/4, 1/2 and 3/4 of the dimension, per KV head (mean) and joint over the heads:")
+		row := func(xs []float64) string {
+			s := ""
+			for _, x := range xs {
+				s += fmt.Sprintf(" %5.1f%%", 100*x)
+			}
+			return s
 		}
-		fmt.Fprintln(w, ":")
 		for _, ls := range layers {
-			fmt.Fprintf(w, "  layer %2d  K", ls.Layer)
-			for _, r := range summaryRanks {
-				fmt.Fprintf(w, " %5.1f%%", 100*ls.K[fmt.Sprint(r)])
-			}
-			fmt.Fprintf(w, "   V")
-			for _, r := range summaryRanks {
-				fmt.Fprintf(w, " %5.1f%%", 100*ls.V[fmt.Sprint(r)])
-			}
-			fmt.Fprintln(w)
+			fmt.Fprintf(w, "  layer %2d  K%s  joint%s   V%s  joint%s\n", ls.Layer, row(ls.K.PerHead), row(ls.K.Joint), row(ls.V.PerHead), row(ls.V.Joint))
 		}
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{
+		return writeJSON(c.App.Writer, map[string]any{
 			"output": out, "model": cal.Model.File, "model_sha256": cal.Model.SHA256, "kv_source": cal.Model.KVSource,
-			"device": cal.Options.Device, "tokens": cal.Tokens, "seconds": secs, "tokens_per_second": float64(cal.Tokens) / max(secs, 1e-9),
-			"skipped_documents": skipped, "explained_variance": layers,
+			"device": cal.Options.Device, "tokens": cal.Tokens, "sinks": cal.Options.Sinks, "seconds": secs,
+			"tokens_per_second": float64(cal.Tokens) / max(secs, 1e-9), "skipped_documents": skipped,
+			"explained_fractions": summaryFractions, "explained_variance": layers,
 		})
 	}
 	return nil
+}
+
+func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/kvfile"
 )
 
 var (
@@ -62,24 +62,28 @@ func TestCalibrateTinyModel(t *testing.T) {
 	texts := writeTexts(t, 5)
 	out := filepath.Join(t.TempDir(), "calib.pt")
 	code, stdout, stderr := runCLI("calibrate", "--model", filepath.Join(models, "good.pt"), "--texts", texts,
-		"--out", out, "--max-length", "32", "--batch-size", "3", "--json")
+		"--output", out, "--max-length", "32", "--batch-size", "3", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	var summary struct {
 		Tokens            int64 `json:"tokens"`
 		ExplainedVariance []struct {
-			K map[string]float64 `json:"k"`
+			K struct {
+				PerHead []float64 `json:"per_head"`
+				Joint   []float64 `json:"joint"`
+			} `json:"k"`
 		} `json:"explained_variance"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &summary); err != nil {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
-	cal, err := calibration.LoadCalibration(out)
+	cal, err := kvfile.LoadCalibration(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cal.Tokens != summary.Tokens || len(summary.ExplainedVariance) != 2 || len(cal.Texts) != 5 {
+	if cal.Tokens != summary.Tokens || len(summary.ExplainedVariance) != 2 || len(cal.Texts) != 5 ||
+		len(summary.ExplainedVariance[1].K.Joint) != 3 || !cal.HasJoint() {
 		t.Fatalf("summary %+v, calibration tokens %d, texts %d", summary, cal.Tokens, len(cal.Texts))
 	}
 	if !strings.Contains(stderr, "explained variance") {
@@ -114,17 +118,19 @@ func TestCalibrateShardsMerge(t *testing.T) {
 	if code, _, e := runCLI(append([]string{"merge", "-q", "--out", merged}, shards...)...); code != 0 {
 		t.Fatal(e)
 	}
-	a, _ := calibration.LoadCalibration(whole)
-	b, _ := calibration.LoadCalibration(merged)
+	a, _ := kvfile.LoadCalibration(whole)
+	b, _ := kvfile.LoadCalibration(merged)
 	if a.Tokens != b.Tokens {
 		t.Fatalf("tokens %d vs %d", a.Tokens, b.Tokens)
 	}
 	for l := range a.Layers {
 		for kind := range a.Layers[l] {
-			x, y := a.Layers[l][kind].Eigenvalues, b.Layers[l][kind].Eigenvalues
-			for i := range x {
-				if d := x[i] - y[i]; d > 1e-5*x[0] || d < -1e-5*x[0] {
-					t.Fatalf("layer %d kind %d eigenvalue %d: %v vs %v", l, kind, i, x[i], y[i])
+			for _, pair := range [][2]*kvfile.Basis{{a.Layers[l][kind].PerHead, b.Layers[l][kind].PerHead}, {a.Layers[l][kind].Joint, b.Layers[l][kind].Joint}} {
+				x, y := pair[0].Eigenvalues, pair[1].Eigenvalues
+				for i := range x {
+					if d := x[i] - y[i]; d > 1e-5*x[0] || d < -1e-5*x[0] {
+						t.Fatalf("layer %d kind %d eigenvalue %d: %v vs %v", l, kind, i, x[i], y[i])
+					}
 				}
 			}
 		}
@@ -145,11 +151,11 @@ func TestCalibrateBadInputs(t *testing.T) {
 		{"empty folder", []string{"--model", "good.pt", "--texts", empty}, 1, "no usable text"},
 		{"missing texts", []string{"--model", "good.pt", "--texts", filepath.Join(empty, "nope")}, 1, "no such file"},
 		{"missing model", []string{"--model", "absent.pt", "--texts", texts}, 1, "no such file"},
-		{"not a model", []string{"--model", "../" + filepath.Base(texts), "--texts", texts}, 1, "directory"},
+		{"not a model", []string{"--model", texts, "--texts", texts}, 1, "a folder"},
 		{"breaks contract", []string{"--model", "wrong_kshape.pt", "--texts", texts}, 1, "K of layer 0 has shape"},
 		{"no metadata", []string{"--model", "no_meta.pt", "--texts", texts}, 1, "no kvtorch.json"},
 		{"NaN in K", []string{"--model", "nan.pt", "--texts", texts}, 1, "NaN or Inf) in K of layer 1, head 1, batch 0"},
-		{"bad accumulate", []string{"--model", "good.pt", "--texts", texts, "--accumulate", "int8"}, 2, "--accumulate"},
+		{"bad accumulate", []string{"--model", "good.pt", "--texts", texts, "--accumulate", "int8"}, 2, "accumulate"},
 		{"stats-only without stats-out", []string{"--model", "good.pt", "--stats-only"}, 2, "--stats-out"},
 		{"cuda model on cpu", []string{"--model", "good.pt", "--texts", texts, "--device", "cuda:7"}, 1, "cuda:7"},
 	} {
@@ -193,7 +199,7 @@ func TestCalibrateFromStdin(t *testing.T) {
 	if code != 0 {
 		t.Fatal(e)
 	}
-	cal, err := calibration.LoadCalibration(out)
+	cal, err := kvfile.LoadCalibration(out)
 	if err != nil || len(cal.Texts) != 1 || cal.Texts[0].Path != "-" || cal.Tokens == 0 {
 		t.Fatalf("%v %+v", err, cal)
 	}

@@ -1,30 +1,36 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/urfave/cli/v2"
 )
 
 var checkCommand = &cli.Command{
 	Name:  "check",
 	Usage: "the CI gate: recompute a preset's perplexity and fail when it is over budget",
+	UsageText: "kvtorch check --preset preset.json\n" +
+		"kvtorch check --preset preset.json --texts other-kind/ --max-ppl-delta 0.075 --json",
 	Description: "Recomputes baseline and compressed perplexity for the preset and exits 1 with a one-line\n" +
 		"reason when the delta exceeds the budget (--max-ppl-delta, default the preset's\n" +
 		"target_ppl_delta) or when the model or calibration no longer match the preset's sha256;\n" +
-		"exits 0 otherwise. The model, calibration and texts default to those the preset names.",
+		"exits 0 otherwise. The model, calibration, texts, window length and token count default to\n" +
+		"those the preset names.",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "preset", Aliases: []string{"p"}, Required: true, Usage: "preset JSON to check"},
-		&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model (default: the preset's model_file)", EnvVars: []string{"KVTORCH_MODEL"}},
-		&cli.StringFlag{Name: "calibration", Aliases: []string{"c"}, Usage: "calibration (default: the preset's calibration_file)"},
-		&cli.StringSliceFlag{Name: "texts", Aliases: []string{"t"}, Usage: "evaluation texts (default: the preset's)"},
-		&cli.Float64Flag{Name: "max-ppl-delta", Usage: "budget as a fraction (default: the preset's target_ppl_delta)"},
+		&cli.StringFlag{Name: "preset", Aliases: []string{"p"}, Required: true, EnvVars: []string{"KVTORCH_PRESET"}, Usage: "preset JSON to check"},
+		&cli.StringFlag{Name: "model", Aliases: []string{"m"}, EnvVars: []string{"KVTORCH_MODEL"}, Usage: "model (default: the preset's model_file)"},
+		&cli.StringFlag{Name: "calibration", Aliases: []string{"c"}, EnvVars: []string{"KVTORCH_CALIBRATION"}, Usage: "calibration (default: the preset's calibration_file)"},
+		textsFlag("evaluation texts (default: the preset's)"),
+		&cli.Float64Flag{Name: "max-ppl-delta", EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "budget as a fraction (default: the preset's target_ppl_delta)"},
 		deviceFlag,
-		&cli.IntFlag{Name: "seq-len", Usage: "window length (default: the preset's)"},
-		&cli.IntFlag{Name: "max-tokens", Usage: "evaluate at most this many tokens (default: as many as the preset)"},
-		&cli.IntFlag{Name: "batch-size", Value: 4, Usage: "windows per forward pass"},
-		&cli.BoolFlag{Name: "json", Usage: "print a JSON report on stdout"},
+		&cli.IntFlag{Name: "seq-len", EnvVars: []string{"KVTORCH_SEQ_LEN"}, Usage: "window length (default: the preset's)"},
+		&cli.IntFlag{Name: "max-tokens", EnvVars: []string{"KVTORCH_MAX_TOKENS"}, Usage: "measure at most this many tokens (default: as many as the preset)"},
+		batchFlag(4),
+		jsonFlag,
+		quietFlag,
 	},
 	Action: checkAction,
 }
@@ -38,8 +44,11 @@ func checkAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("check takes no arguments")
 	}
+	if err := nonNegative(c, "seq-len", "max-tokens", "batch-size"); err != nil {
+		return err
+	}
 	presetPath := c.String("preset")
-	p, err := calibration.LoadPreset(presetPath)
+	p, err := kvfile.LoadPreset(presetPath)
 	if err != nil {
 		return err
 	}
@@ -50,6 +59,27 @@ func checkAction(c *cli.Context) error {
 		}
 		budget = *p.TargetPPLDelta
 	}
+	a := sessionArgs{model: c.String("model"), calibration: c.String("calibration"), texts: c.StringSlice("texts"),
+		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
+			Context: p.ContextLength},
+		budget: budget, quiet: c.Bool("quiet") || c.Bool("json")}
+	if a.model == "" {
+		a.model = resolveNear(p.ModelFile, presetPath)
+	}
+	if a.calibration == "" {
+		a.calibration = resolveNear(p.CalibrationFile, presetPath)
+	}
+	if len(a.texts) == 0 {
+		for _, t := range p.Eval.Texts {
+			a.texts = append(a.texts, resolveNear(t.Path, presetPath))
+		}
+	}
+	if a.opts.SeqLen == 0 {
+		a.opts.SeqLen = p.Eval.SeqLen
+	}
+	if !c.IsSet("max-tokens") {
+		a.opts.MaxTokens = p.Eval.Tokens
+	}
 	report := map[string]any{"preset": presetPath, "max_ppl_delta": budget}
 	fail := func(reason string) error {
 		report["pass"] = false
@@ -59,63 +89,45 @@ func checkAction(c *cli.Context) error {
 		}
 		return checkFailure{reason}
 	}
-	modelPath := c.String("model")
-	if modelPath == "" {
-		modelPath = resolveNear(p.ModelFile, presetPath)
-	}
-	calPath := c.String("calibration")
-	if calPath == "" {
-		calPath = resolveNear(p.CalibrationFile, presetPath)
-	}
-	if sha, err := calibration.FileSHA256(modelPath); err != nil {
-		return fmt.Errorf("model: %w", err)
-	} else if sha != p.ModelSHA256 {
-		return fail(fmt.Sprintf("model %s has sha256 %.12s…, the preset was made for %.12s…", modelPath, sha, p.ModelSHA256))
-	}
-	if sha, err := calibration.FileSHA256(calPath); err != nil {
-		return fmt.Errorf("calibration: %w", err)
-	} else if sha != p.CalibrationSHA256 {
-		return fail(fmt.Sprintf("calibration %s has sha256 %.12s…, the preset was made with %.12s…", calPath, sha, p.CalibrationSHA256))
-	}
-	texts := c.StringSlice("texts")
-	if len(texts) == 0 {
-		for _, t := range p.Eval.Texts {
-			texts = append(texts, resolveNear(t.Path, presetPath))
+	// A changed model or calibration fails the gate before anything is loaded.
+	for _, f := range []struct{ what, path, want string }{
+		{"model", a.model, p.ModelSHA256}, {"calibration", a.calibration, p.CalibrationSHA256}} {
+		sha, err := kvtorch.HashFile(f.path, "")
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.what, err)
+		}
+		if sha != f.want {
+			return fail(fmt.Sprintf("%s %s has sha256 %.12s…, the preset was made with %.12s…", f.what, f.path, sha, f.want))
 		}
 	}
-	if !c.IsSet("seq-len") {
-		c.Set("seq-len", fmt.Sprint(p.Eval.SeqLen))
-	}
-	if !c.IsSet("max-tokens") {
-		c.Set("max-tokens", fmt.Sprint(p.Eval.Tokens))
-	}
-	c.Set("model", modelPath)
-	es, err := setupEval(c, calPath, texts)
+	s, err := openSession(c, a)
 	if err != nil {
 		return err
 	}
-	defer es.m.Close()
-	ev := es.ev
-	cand, err := ev.Measure("preset", p.Setting(), budget)
-	if err != nil {
-		return err
+	defer s.Model.Close()
+	s.SetSteps(1)
+	r, err := s.CheckPreset(c.Context, p, budget)
+	report["baseline_ppl"] = r.Baseline
+	report["tokens"] = r.Tokens
+	report["seq_len"] = r.SeqLen
+	report["eval_sha256"] = r.EvalSHA256
+	if r.Measurement.PPL > 0 {
+		report["compressed_ppl"] = r.Measurement.PPL
+		report["ppl_delta"] = r.Measurement.Delta
+		report["compression_ratio"] = r.Measurement.Ratio
 	}
-	report["baseline_ppl"] = ev.Baseline
-	report["compressed_ppl"] = cand.PPL
-	report["ppl_delta"] = cand.Delta
-	report["compression_ratio"] = cand.Ratio
-	report["tokens"] = es.set.Tokens()
-	report["seq_len"] = es.set.SeqLen
-	report["eval_sha256"] = es.set.SHA256
-	if !cand.Within {
-		return fail(fmt.Sprintf("perplexity delta %+.2f%% exceeds the budget %+.2f%% (%.4f -> %.4f, seq-len %d, %d tokens)",
-			100*cand.Delta, 100*budget, ev.Baseline, cand.PPL, es.set.SeqLen, es.set.Tokens()))
+	switch {
+	case errors.Is(err, kvtorch.ErrOverBudget), errors.Is(err, kvtorch.ErrMismatch):
+		return fail(r.Reason)
+	case err != nil:
+		return err
 	}
 	report["pass"] = true
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, report)
 	}
-	fmt.Fprintf(c.App.Writer, "check passed: perplexity %.4f -> %.4f (%+.2f%%, budget %+.2f%%), compression %.2fx, seq-len %d, %d tokens\n",
-		ev.Baseline, cand.PPL, 100*cand.Delta, 100*budget, cand.Ratio, es.set.SeqLen, es.set.Tokens())
+	m := r.Measurement
+	fmt.Fprintf(c.App.Writer, "check passed: perplexity %.4f -> %.4f (%+.2f%%, budget %+.2f%%), compression %.2fx at a context of %d, seq-len %d, %d tokens\n",
+		r.Baseline, m.PPL, 100*m.Delta, 100*budget, m.Ratio, p.ContextLength, r.SeqLen, r.Tokens)
 	return nil
 }

@@ -1,108 +1,110 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/urfave/cli/v2"
 )
 
-var evalFlags = []cli.Flag{
-	modelFlag,
-	&cli.StringFlag{Name: "calibration", Aliases: []string{"c"}, Value: "calib.pt", Usage: "calibration file (kvtorch calibrate)", EnvVars: []string{"KVTORCH_CALIBRATION"}},
-	&cli.StringSliceFlag{Name: "texts", Aliases: []string{"t"}, Usage: "held-out evaluation texts (files, folders, - for stdin); default: the bundled evaluation texts"},
-	deviceFlag,
-	&cli.IntFlag{Name: "seq-len", Value: 512, Usage: "tokens per evaluation window (non-overlapping)"},
-	&cli.IntFlag{Name: "max-tokens", Usage: "evaluate at most this many predicted tokens (0: all)"},
-	&cli.IntFlag{Name: "batch-size", Value: 4, Usage: "windows per forward pass"},
-	&cli.BoolFlag{Name: "json", Usage: "print one JSON document on stdout"},
+// evalFlags are the flags of commands that measure perplexity.
+func evalFlags() []cli.Flag {
+	return []cli.Flag{
+		modelFlag,
+		calibrationFlag,
+		textsFlag("held-out evaluation texts (files, folders, - for stdin); default: the bundled evaluation texts"),
+		deviceFlag,
+		seqLenFlag,
+		maxTokensFlag,
+		batchFlag(4),
+		contextFlag,
+		jsonFlag,
+	}
 }
 
 var evalCommand = &cli.Command{
 	Name:  "eval",
 	Usage: "measure perplexity without and with compression",
+	UsageText: "kvtorch eval --calibration calib.pt --texts heldout/ --ranks 96,128,160   # joint ranks of K and V\n" +
+		"kvtorch eval --calibration calib.pt --preset preset.json --texts other-kind/\n" +
+		"kvtorch eval --calibration calib.pt --rank-v 48 --basis head --sinks 0      # the old tool's way",
 	Description: "Perplexity over non-overlapping windows of --seq-len tokens of the evaluation texts\n" +
 		"(documents joined by the model's EOS token), uncompressed and with the compression applied\n" +
 		"inside the model through its hook buffers: a preset (--preset), one setting (--rank-k,\n" +
-		"--rank-v, --bits), or one row per uniform rank (--ranks 16,32,48 on the --target sides).",
-	Flags: append(append([]cli.Flag{}, evalFlags...),
-		&cli.StringFlag{Name: "preset", Aliases: []string{"p"}, Usage: "a preset JSON (kvtorch tune)"},
+		"--rank-v, --bits), or one row per uniform rank (--ranks on the --target sides). Ranks count\n" +
+		"latents per KV head with --basis head, and for the whole layer with --basis joint (so joint\n" +
+		"rank 96 of 3 heads of 64 is half the dimension). Ratios count every byte at --context tokens.",
+	Flags: append(evalFlags(),
+		&cli.StringFlag{Name: "preset", Aliases: []string{"p"}, EnvVars: []string{"KVTORCH_PRESET"}, Usage: "a preset JSON (kvtorch tune)"},
 		&cli.IntFlag{Name: "rank-k", Usage: "rank of K in every layer (default: uncompressed)"},
 		&cli.IntFlag{Name: "rank-v", Usage: "rank of V in every layer (default: uncompressed)"},
 		&cli.StringFlag{Name: "ranks", Usage: "comma-separated uniform ranks, one row each"},
 		&cli.IntFlag{Name: "bits", Value: 16, Usage: "latent bits: 16, 8 or 4"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides --ranks applies to: k, v or kv"},
+		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads) or head (one per KV head)"},
+		sinksFlag,
 	),
 	Action: evalAction,
 }
 
-// evalSetup loads the model, the calibration (and its sha256) and the evaluation set.
-type evalSetup struct {
-	m       *calibration.Model
-	cal     *calibration.Calibration
-	calPath string
-	calSHA  string
-	set     *calibration.EvalSet
-	ev      *calibration.Evaluator // with the baseline measured
+// sessionArgs are what a session is made from.
+type sessionArgs struct {
+	model, calibration string
+	texts              []string
+	opts               kvtorch.EvalOptions
+	budget             float64 // marks progress results (0: none)
+	quiet              bool
+	outputs            map[string]string
 }
 
-func setupEval(c *cli.Context, calPath string, texts []string) (*evalSetup, error) {
-	if c.Int("seq-len") < 2 || c.Int("batch-size") < 1 {
-		return nil, usagef("--seq-len must be at least 2 and --batch-size at least 1")
+// sessionArgsOf reads the evaluation flags of c.
+func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
+	if err := nonNegative(c, "max-tokens", "seq-len", "batch-size", "context"); err != nil {
+		return sessionArgs{}, err
 	}
-	cal, err := calibration.LoadCalibration(calPath)
+	model, err := modelPath(c)
+	if err != nil {
+		return sessionArgs{}, err
+	}
+	return sessionArgs{model: model, calibration: c.String("calibration"), texts: textPaths(c, "eval"),
+		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
+			Context: c.Int("context")}}, nil
+}
+
+// openSession checks outputs against inputs, reads the calibration and the
+// texts, opens the model and measures the baseline.
+func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
+	if err := checkOutputs(append([]string{a.model, a.calibration}, files(a.texts)...), a.outputs); err != nil {
+		return nil, err
+	}
+	cal, err := kvfile.LoadCalibration(a.calibration)
 	if err != nil {
 		return nil, err
 	}
-	calSHA, err := calibration.FileSHA256(calPath)
+	calSHA, err := kvtorch.HashFile(a.calibration, "")
+	if err != nil {
+		return nil, fmt.Errorf("calibration: %w", err)
+	}
+	texts, err := readTexts(a.texts)
 	if err != nil {
 		return nil, err
 	}
-	m, err := loadModel(c)
+	m, err := kvtorch.Open(a.model, kvtorch.OpenOptions{Device: c.String("device")})
 	if err != nil {
 		return nil, err
 	}
-	if err := cal.Matches(m); err != nil {
+	prog := newProgress(c.App.ErrWriter, a.quiet, a.budget)
+	s, err := kvtorch.NewSession(c.Context, m, cal, kvtorch.Source{Path: a.calibration, SHA256: calSHA}, texts, a.opts, prog.event)
+	prog.finish()
+	if err != nil {
 		m.Close()
 		return nil, err
 	}
-	docs, files, err := calibration.ReadTexts(texts, os.Stdin)
-	if err == nil {
-		var set *calibration.EvalSet
-		set, err = calibration.NewEvalSet(m, docs, files, c.Int("seq-len"), c.Int("max-tokens"))
-		if err == nil {
-			var ev *calibration.Evaluator
-			if ev, err = calibration.NewEvaluator(m, cal, set, c.Int("batch-size")); err == nil {
-				return &evalSetup{m: m, cal: cal, calPath: calPath, calSHA: calSHA, set: set, ev: ev}, nil
-			}
-		}
-	}
-	m.Close()
-	return nil, err
-}
-
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		n, err := strconv.Atoi(f)
-		if err != nil || n <= 0 {
-			return nil, usagef("%q is not a list of positive integers", s)
-		}
-		out = append(out, n)
-	}
-	if len(out) == 0 {
-		return nil, usagef("empty list %q", s)
-	}
-	return out, nil
+	return s, nil
 }
 
 type evalRow struct {
@@ -116,114 +118,120 @@ func evalAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("eval takes no arguments")
 	}
-	bits := c.Int("bits")
-	if bits != 16 && bits != 8 && bits != 4 {
-		return usagef("--bits must be 16, 8 or 4")
+	if err := nonNegative(c, "rank-k", "rank-v", "sinks"); err != nil {
+		return err
 	}
-	sides, err := calibration.Sides(c.String("target"))
-	if err != nil {
-		return usagef("--%v", err)
+	if b := c.Int("bits"); !compress.ValidBits(b) {
+		return usagef("--bits %d: want 16, 8 or 4", b)
 	}
-	calPath := c.String("calibration")
-	var preset *calibration.Preset // read once, before anything is loaded
-	if p := c.String("preset"); p != "" {
-		if preset, err = calibration.LoadPreset(p); err != nil {
-			return err
-		}
-		if !c.IsSet("calibration") {
-			calPath = resolveNear(preset.CalibrationFile, p)
-		}
-	}
-	es, err := setupEval(c, calPath, textPaths(c, "texts", "eval"))
+	target, err := compress.ParseTarget(c.String("target"))
 	if err != nil {
 		return err
 	}
-	defer es.m.Close()
-	ev := es.ev
-	rows := []evalRow{{"uncompressed", ev.Baseline, 0, 1}}
-	measure := func(label string, s calibration.Setting) error {
-		cand, err := ev.Measure(label, s, 0)
-		if err != nil {
+	basis, err := compress.ParseBasis(c.String("basis"))
+	if err != nil {
+		return err
+	}
+	var ranks []int
+	if c.String("ranks") != "" {
+		if ranks, err = compress.ParseInts(c.String("ranks")); err != nil {
 			return err
 		}
-		rows = append(rows, evalRow{label, cand.PPL, cand.Delta, cand.Ratio})
-		return nil
 	}
+	a, err := sessionArgsOf(c)
+	if err != nil {
+		return err
+	}
+	var preset *kvfile.Preset // read once, before anything is loaded
+	if p := c.String("preset"); p != "" {
+		if preset, err = kvfile.LoadPreset(p); err != nil {
+			return err
+		}
+		if !c.IsSet("calibration") {
+			a.calibration = resolveNear(preset.CalibrationFile, p)
+		}
+	}
+	a.quiet = c.Bool("json")
+	s, err := openSession(c, a)
+	if err != nil {
+		return err
+	}
+	defer s.Model.Close()
+	g := s.Model.Geometry()
+	var settings []compress.Setting
+	var labels []string
 	switch {
 	case preset != nil:
-		pr := preset
-		if pr.ModelSHA256 != es.m.SHA256 || pr.CalibrationSHA256 != es.calSHA {
-			return fmt.Errorf("preset %s was made for another model or calibration (sha256 mismatch)", c.String("preset"))
-		}
-		err = measure("preset "+filepath.Base(c.String("preset")), pr.Setting())
-		if err != nil {
+		if err := s.PresetMatches(preset); err != nil {
 			return err
 		}
-	case c.String("ranks") != "":
-		ranks, err := parseInts(c.String("ranks"))
-		if err != nil {
-			return err
-		}
+		settings, labels = []compress.Setting{preset.Setting()}, []string{"preset " + filepath.Base(c.String("preset"))}
+	case ranks != nil:
 		for _, r := range ranks {
-			if err := measure(fmt.Sprintf("rank %d (%s), %d-bit", r, c.String("target"), bits), calibration.Uniform(es.m, sides, r, bits)); err != nil {
+			side := compress.Side{Basis: basis, Rank: r, Bits: c.Int("bits")}
+			if err := side.Validate(g, compress.V); target[compress.V] && err != nil {
 				return err
 			}
+			if err := side.Validate(g, compress.K); target[compress.K] && err != nil {
+				return err
+			}
+			settings = append(settings, compress.Uniform(g, target, side, c.Int("sinks")))
+			labels = append(labels, fmt.Sprintf("%s rank %d (%s), %d-bit, %d sinks", basis, r, target, c.Int("bits"), c.Int("sinks")))
 		}
 	default:
-		s := calibration.Uncompressed(es.m)
-		rk, rv := c.Int("rank-k"), c.Int("rank-v")
-		for l := range s {
-			if rk > 0 || bits < 16 {
-				s[l][0] = calibration.Side{Rank: orDim(rk, es.m.Meta.HeadDimK), Bits: bits}
-			}
-			if rv > 0 || bits < 16 {
-				s[l][1] = calibration.Side{Rank: orDim(rv, es.m.Meta.HeadDimV), Bits: bits}
+		st := compress.Uncompressed(g)
+		st.Sinks = c.Int("sinks")
+		rk, rv, bits := c.Int("rank-k"), c.Int("rank-v"), c.Int("bits")
+		for l := range st.Layers {
+			for i, r := range []int{rk, rv} {
+				k := compress.Kinds[i]
+				if r > 0 || bits < 16 {
+					if r == 0 {
+						r = g.MaxRank(k, basis)
+					}
+					st.Layers[l][k] = compress.Side{Basis: basis, Rank: r, Bits: bits}
+				}
 			}
 		}
-		if err := measure(fmt.Sprintf("rank k %d v %d, %d-bit", orDim(rk, es.m.Meta.HeadDimK), orDim(rv, es.m.Meta.HeadDimV), bits), s); err != nil {
+		if err := st.Validate(g); err != nil {
 			return err
 		}
+		settings = []compress.Setting{st}
+		labels = []string{fmt.Sprintf("%s rank k %s v %s, %d-bit, %d sinks", basis, rankLabel(rk), rankLabel(rv), bits, st.Sinks)}
+	}
+	rows := []evalRow{{"uncompressed", s.Baseline, 0, 1}}
+	s.SetSteps(len(settings))
+	for i, st := range settings {
+		m, err := s.MeasureSetting(c.Context, st, labels[i])
+		if err != nil {
+			return err
+		}
+		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Ratio})
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, map[string]any{"model": es.m.Path, "model_sha256": es.m.SHA256,
-			"calibration": calPath, "calibration_sha256": es.calSHA, "seq_len": es.set.SeqLen, "tokens": es.set.Tokens(),
-			"eval_sha256": es.set.SHA256, "baseline_ppl": ev.Baseline, "rows": rows})
+		return writeJSON(c.App.Writer, map[string]any{"model": s.Model.Path, "model_sha256": s.Model.SHA256,
+			"calibration": s.Source.Path, "calibration_sha256": s.Source.SHA256, "seq_len": s.Windows.SeqLen,
+			"tokens": s.Windows.Tokens(), "context": s.Options.Context, "eval_sha256": s.Windows.SHA256,
+			"baseline_ppl": s.Baseline, "rows": rows})
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "model %s, calibration %s\n", es.m.Path, calPath)
-	fmt.Fprintf(w, "evaluation: %d files (sha256 %.16s…), seq-len %d, %d tokens\n", len(es.set.Files), es.set.SHA256, es.set.SeqLen, es.set.Tokens())
+	fmt.Fprintf(w, "model %s, calibration %s\n", s.Model.Path, s.Source.Path)
+	fmt.Fprintf(w, "evaluation: %d files (sha256 %.16s…), seq-len %d, %d tokens; ratios at a context of %d tokens\n",
+		len(s.Windows.Files), s.Windows.SHA256, s.Windows.SeqLen, s.Windows.Tokens(), s.Options.Context)
 	printRows(w, rows)
 	return nil
 }
 
-func orDim(r, d int) int {
-	if r <= 0 || r > d {
-		return d
+func rankLabel(r int) string {
+	if r == 0 {
+		return "full"
 	}
-	return r
+	return fmt.Sprint(r)
 }
 
 func printRows(w io.Writer, rows []evalRow) {
-	fmt.Fprintf(w, "%-36s %10s %9s %8s\n", "setting", "perplexity", "delta", "ratio")
+	fmt.Fprintf(w, "%-48s %10s %9s %8s\n", "setting", "perplexity", "delta", "ratio")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-36s %10.4f %+8.2f%% %7.2fx\n", r.Label, r.PPL, 100*r.Delta, r.Ratio)
+		fmt.Fprintf(w, "%-48s %10.4f %+8.2f%% %7.2fx\n", r.Label, r.PPL, 100*r.Delta, r.Ratio)
 	}
-}
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// resolveNear returns path as is when it exists (or is absolute), else
-// relative to the folder of the file ref (a preset next to its calibration).
-func resolveNear(path, ref string) string {
-	if filepath.IsAbs(path) {
-		return path
-	}
-	if _, err := os.Stat(path); err == nil {
-		return path
-	}
-	return filepath.Join(filepath.Dir(ref), path)
 }

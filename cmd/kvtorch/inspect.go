@@ -1,24 +1,31 @@
 package main
 
 import (
+	"archive/zip"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
+	"github.com/kvtorch/kvtorch/internal/regfile"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/pt"
 	"github.com/urfave/cli/v2"
 )
 
 var inspectCommand = &cli.Command{
 	Name:      "inspect",
-	Usage:     "print the contents of a .pt file (kvtorch's or any torch.save file)",
+	Usage:     "print the contents of a .pt file (kvtorch's or any torch.save file) or a kvtorch model's metadata",
 	ArgsUsage: "FILE.pt",
+	UsageText: "kvtorch inspect calib.pt --stats\nkvtorch inspect model.pt          # a TorchScript model: its kvtorch.json",
 	Description: "Prints the value tree of a file written by torch.save (torch >= 1.6) or by kvtorch:\n" +
-		"dicts, lists, tuples and scalars, and each tensor's dtype and shape. Reads the file\n" +
-		"in pure Go; libtorch is not involved.",
+		"dicts, lists, tuples and scalars, and each tensor's dtype and shape; for a TorchScript\n" +
+		"model, its kvtorch.json and extra files. Reads the file in pure Go; libtorch is not\n" +
+		"involved (nothing of a model is run).",
 	Flags: []cli.Flag{
 		&cli.BoolFlag{Name: "stats", Usage: "also print min, max and mean of each tensor (and NaN/Inf counts)", EnvVars: []string{"KVTORCH_STATS"}},
 		&cli.BoolFlag{Name: "json", Usage: "print one JSON document instead of the tree"},
@@ -29,14 +36,12 @@ var inspectCommand = &cli.Command{
 
 func inspectAction(c *cli.Context) error {
 	if c.NArg() != 1 {
-		for _, a := range c.Args().Slice() {
-			if strings.HasPrefix(a, "-") {
-				return usagef("inspect: put options before FILE.pt (got %q after it)", a)
-			}
-		}
 		return usagef("inspect takes one FILE.pt argument")
 	}
 	path := c.Args().First()
+	if extra, ok := torchScriptExtras(path); ok {
+		return inspectModel(c, path, extra)
+	}
 	f, err := pt.Open(path)
 	if err != nil {
 		return err
@@ -210,9 +215,13 @@ func fmtInts(xs []int64) string {
 	return "[" + strings.Join(parts, ", ") + "]"
 }
 
+// truncate shortens s to at most n bytes (on a character boundary) and an ellipsis.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }
@@ -227,4 +236,68 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// torchScriptExtras reads the extra files of a TorchScript file (a zip
+// holding ARCHIVE/code/ and ARCHIVE/extra/NAME), without running anything.
+func torchScriptExtras(path string) (map[string][]byte, bool) {
+	f, err := regfile.Open(path)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, false
+	}
+	z, err := zip.NewReader(f, st.Size())
+	if err != nil {
+		return nil, false
+	}
+	extra, code := map[string][]byte{}, false
+	for _, e := range z.File {
+		parts := strings.SplitN(e.Name, "/", 3)
+		if len(parts) == 3 && parts[1] == "code" {
+			code = true
+		}
+		if len(parts) == 3 && parts[1] == "extra" && e.UncompressedSize64 < 64<<20 {
+			r, err := e.Open()
+			if err != nil {
+				continue
+			}
+			b, err := io.ReadAll(io.LimitReader(r, 64<<20))
+			r.Close()
+			if err == nil {
+				extra[parts[2]] = b
+			}
+		}
+	}
+	return extra, code
+}
+
+func inspectModel(c *cli.Context, path string, extra map[string][]byte) error {
+	raw, ok := extra["kvtorch.json"]
+	if !ok {
+		return fmt.Errorf("%s: a TorchScript file without kvtorch.json: not a kvtorch model (export it with python -m kvtorch.export)", path)
+	}
+	md, err := kvfile.ParseMetadata(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	names := make([]string, 0, len(extra))
+	for n := range extra {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, map[string]any{"file": path, "torchscript": true, "extra_files": names, "kvtorch": md})
+	}
+	w := c.App.Writer
+	g := md.Geometry()
+	fmt.Fprintf(w, "%s: TorchScript model (kvtorch model format %d), extra files %s\n", path, md.FormatVersion, strings.Join(names, ", "))
+	fmt.Fprintf(w, "  name %s, architecture %s, %s, %d query heads\n", md.Name, md.Architecture, g, md.NHeads)
+	fmt.Fprintf(w, "  keys %s, dtype %s, traced for %s, vocabulary %d, positions %d\n", md.KVSource, md.DType, md.Device, md.VocabSize, md.MaxPositions)
+	fmt.Fprintf(w, "  KV cache: %d bytes per token uncompressed (16-bit)\n", g.TokenBytes())
+	fmt.Fprintf(w, "  hooks %s, %s\n", md.Hook.K, md.Hook.V)
+	return nil
 }

@@ -94,7 +94,8 @@ func TestInspectBadFiles(t *testing.T) {
 	}{
 		{[]string{"inspect", filepath.Join(dir, "missing.pt")}, 1, "no such file"},
 		{[]string{"inspect", junk}, 1, "not a torch.save file"},
-		{[]string{"inspect", dir}, 1, "directory"},
+		{[]string{"inspect", dir}, 1, "a folder"},
+		{[]string{"inspect", "/dev/zero"}, 1, "a device"},
 		{[]string{"inspect"}, 2, "one FILE.pt"},
 	} {
 		code, _, errOut := runCLI(c.args...)

@@ -2,16 +2,21 @@
 // transformer language models exported to TorchScript.
 //
 // Results go to stdout, logs and progress to stderr. Exit status: 0 ok,
-// 1 failure, 2 usage error.
+// 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM).
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -26,15 +31,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:      "kvtorch",
 		Usage:     "KV-cache compression presets for language models, measured, not guessed",
-		UsageText: "kvtorch COMMAND [options]",
-		Description: "kvtorch learns per-layer PCA bases of a model's keys and values from sample text\n" +
-			"(running a TorchScript export of the model through libtorch) and picks the ranks\n" +
-			"that compress the KV cache most within a perplexity budget.",
+		UsageText: "kvtorch COMMAND [options] [arguments]",
+		Description: "kvtorch learns PCA bases of a model's keys and values from sample text (running a\n" +
+			"TorchScript export of the model through libtorch) and picks, per layer, the ranks and\n" +
+			"latent bits that compress the KV cache most within a perplexity budget.\n\n" +
+			"  kvtorch calibrate --model m.pt --texts calib/ --output calib.pt\n" +
+			"  kvtorch tune --model m.pt --calibration calib.pt --texts heldout/ --bits 16,8,4 --output preset.json\n" +
+			"  kvtorch check --preset preset.json",
 		Version:              version,
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		HideVersion:          true,
 		Commands: []*cli.Command{
 			calibrateCommand,
 			mergeCommand,
@@ -42,6 +49,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			tuneCommand,
 			checkCommand,
 			inspectCommand,
+			tokenizeCommand,
 			versionCommand,
 		},
 		Action: func(c *cli.Context) error {
@@ -62,16 +70,42 @@ func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
-// run executes the command line and returns the exit status.
+// run executes the command line and returns the exit status. SIGINT and
+// SIGTERM cancel the work: temporary output files are removed at once, the
+// command stops at its next check, and the status is 130 or 143.
 func run(args []string, stdout, stderr io.Writer) int {
-	err := newApp(stdout, stderr).Run(args)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var got os.Signal
+	go func() {
+		select {
+		case got = <-sigs:
+			atomicfile.Abort() // no half-written file stays behind, whatever the work is doing
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, reorderArgs(app, args))
+	if got != nil {
+		fmt.Fprintln(stderr, "kvtorch: interrupted")
+		if got == syscall.SIGTERM {
+			return 143
+		}
+		return 130
+	}
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "kvtorch: "+oneLine(err.Error()))
+	fmt.Fprintln(stderr, "kvtorch: "+strings.TrimPrefix(oneLine(err.Error()), "kvtorch: "))
 	var ue usageError
 	msg := err.Error()
-	if errors.As(err, &ue) || strings.HasPrefix(msg, "flag provided but not defined") || strings.HasPrefix(msg, "Required flag") {
+	if errors.As(err, &ue) || errors.Is(err, compress.ErrInvalid) ||
+		strings.HasPrefix(msg, "flag provided but not defined") || strings.HasPrefix(msg, "Required flag") ||
+		strings.HasPrefix(msg, "invalid value") {
 		return 2
 	}
 	return 1
@@ -80,4 +114,54 @@ func run(args []string, stdout, stderr io.Writer) int {
 // oneLine folds a multi-line message (libtorch's are) onto one line.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// reorderArgs lets options follow positional arguments, as the README's
+// examples write them (kvtorch merge s0.pt s1.pt --output calib.pt): after
+// the command name, options (with their values) go first, arguments after,
+// in their order. "--" ends the options.
+func reorderArgs(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	var cmd *cli.Command
+	for _, c := range app.Commands {
+		if c.Name == args[1] || c.HasName(args[1]) {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	flags, positional := []string{}, []string{}
+	rest := args[2:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			positional = append(positional, rest[i+1:]...)
+			break
+		}
+		if len(a) > 1 && strings.HasPrefix(a, "-") && a != "-" {
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(rest) {
+				flags = append(flags, rest[i+1])
+				i++
+			}
+			continue
+		}
+		positional = append(positional, a)
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	if len(positional) > 0 {
+		out = append(append(out, "--"), positional...)
+	}
+	return out
 }

@@ -3,32 +3,41 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
-
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/tune"
 	"github.com/urfave/cli/v2"
 )
 
 var tuneCommand = &cli.Command{
 	Name:  "tune",
-	Usage: "find per-layer ranks (and latent bits) that compress most within a perplexity budget",
+	Usage: "find per-layer ranks and latent bits that compress most within a perplexity budget",
+	UsageText: "kvtorch tune --calibration calib.pt --texts heldout/ --bits 16,8,4 --max-tokens 4096 --output preset.json\n" +
+		"kvtorch tune ... --check-texts other-kind/     # also measure the chosen preset on another kind of text\n" +
+		"kvtorch tune ... --uniform                     # the old tool's search, for comparison",
 	Description: "Uses one calibration and measures perplexity on held-out text (never the calibration text).\n" +
-		"Two searches, the best measured candidate wins: one explained-variance threshold for every\n" +
-		"layer and side, bisected (then tried with 8/4-bit latents); and an allocation from each\n" +
-		"side's measured sensitivity, with a price of perplexity against bytes bracketed and bisected.\n" +
-		"Every candidate is printed (about 30 evaluations for a 6-layer model). --uniform reproduces\n" +
-		"the old Python tool's search instead (one rank for every layer, V only by default). Use\n" +
-		"enough held-out text (--max-tokens) for the budget to hold on new text.\n" +
-		"Writes the preset (docs/preset-format.md).",
-	Flags: append(append([]cli.Flag{}, evalFlags...),
-		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, Usage: "perplexity budget as a fraction (0.05: +5%)"},
-		&cli.StringFlag{Name: "target", Usage: "sides to compress: k, v or kv (default kv; v with --uniform)"},
+		"First cheap probes on a small sample of it (each layer's K and V alone, and each latent\n" +
+		"precision), then an allocation of rank and bits to every layer and side that minimises bytes\n" +
+		"against the predicted perplexity cost, measured in full and rescaled by what was measured\n" +
+		"(a dozen full measurements at most). Bases are joint over the KV heads unless --basis head;\n" +
+		"the first --sinks tokens stay uncompressed and are counted at full size at --context tokens.\n" +
+		"Every measurement is printed with its number and an ETA. Writes the preset\n" +
+		"(docs/preset-format.md); --check-texts records its delta on other held-out text in it.",
+	Flags: append(evalFlags(),
+		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "perplexity budget as a fraction (0.05: +5%)"},
+		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides to compress: k, v or kv"},
 		&cli.StringFlag{Name: "bits", Value: "16", Usage: "latent bits to consider, e.g. 16,8,4"},
-		&cli.BoolFlag{Name: "uniform", Usage: "the old tool's search: one rank for all layers over its rank grid"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "preset.json", Usage: "preset file to write"},
-		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not print candidates"},
+		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads) or head (one per KV head)"},
+		sinksFlag,
+		&cli.BoolFlag{Name: "uniform", Usage: "the old tool's search: one per-head rank for all layers over its rank grid"},
+		&cli.IntFlag{Name: "max-evaluations", Value: 12, Usage: "full measurements the search may make after its probes"},
+		&cli.StringSliceFlag{Name: "check-texts", Usage: "other held-out text (another kind) to measure the chosen preset on"},
+		outputFlag("preset.json", "preset file to write"),
+		quietFlag,
 		&cli.StringFlag{Name: "plot", Usage: "draw perplexity delta against compression ratio of every candidate into this PNG"},
 		&cli.StringFlag{Name: "candidates", Usage: "write every measured candidate to this JSON file"},
 	),
@@ -40,75 +49,56 @@ func tuneAction(c *cli.Context) error {
 		return usagef("tune takes no arguments")
 	}
 	budget := c.Float64("target-ppl-delta")
-	if budget <= 0 || budget > 10 {
+	if !(budget > 0 && budget <= 10) {
 		return usagef("--target-ppl-delta must be a fraction in (0, 10], e.g. 0.05")
 	}
-	bits, err := parseInts(c.String("bits"))
+	bits, err := compress.ParseBits(c.String("bits"))
 	if err != nil {
 		return err
 	}
-	for _, b := range bits {
-		if b != 16 && b != 8 && b != 4 {
-			return usagef("--bits takes 16, 8 and 4")
-		}
-	}
-	target := c.String("target")
-	if target == "" {
-		target = "kv"
-		if c.Bool("uniform") {
-			target = "v"
-		}
-	}
-	if _, err := calibration.Sides(target); err != nil {
-		return usagef("--%v", err)
-	}
-	texts := textPaths(c, "texts", "eval")
-	es, err := setupEval(c, c.String("calibration"), texts)
+	target, err := compress.ParseTarget(c.String("target"))
 	if err != nil {
 		return err
 	}
-	defer es.m.Close()
-	if err := disjoint(es.cal, es.set); err != nil {
+	basis, err := compress.ParseBasis(c.String("basis"))
+	if err != nil {
 		return err
 	}
+	if err := nonNegative(c, "sinks", "max-evaluations"); err != nil {
+		return err
+	}
+	a, err := sessionArgsOf(c)
+	if err != nil {
+		return err
+	}
+	a.budget, a.quiet = budget, c.Bool("quiet")
+	a.outputs = map[string]string{"output": c.String("output"), "plot": c.String("plot"), "candidates": c.String("candidates")}
+	var checks []*kvfile.Corpus
+	for _, p := range c.StringSlice("check-texts") {
+		ct, err := readTexts([]string{p})
+		if err != nil {
+			return err
+		}
+		checks = append(checks, ct)
+	}
+	s, err := openSession(c, a)
+	if err != nil {
+		return err
+	}
+	defer s.Model.Close()
 	stderr := c.App.ErrWriter
-	ev := es.ev
-	var measured []calibration.Candidate
-	ev.Log = func(cand calibration.Candidate) { measured = append(measured, cand) }
 	if !c.Bool("quiet") {
-		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", ev.Baseline, es.set.SeqLen, es.set.Tokens(), 100*budget)
-		ev.Log = func(cand calibration.Candidate) {
-			measured = append(measured, cand)
-			mark := "over budget"
-			if cand.Within {
-				mark = "ok"
-			}
-			fmt.Fprintf(stderr, "  %3d  %-58s ppl %.4f (%+.2f%%)  %.2fx  %s\n", ev.Evaluations, cand.Label, cand.PPL, 100*cand.Delta, cand.Ratio, mark)
-		}
+		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", s.Baseline, s.Windows.SeqLen, s.Windows.Tokens(), 100*budget)
 	}
-	var best calibration.Candidate
-	method := "energy-threshold bisection and sensitivity-weighted allocation; best measured candidate"
-	if c.Bool("uniform") {
-		best, _, err = calibration.TuneUniform(ev, target, bits, budget)
-		method = "uniform rank grid (the old tool's search)"
-	} else {
-		best, err = calibration.Tune(ev, target, bits, budget)
-	}
+	p, res, err := s.Tune(c.Context, kvtorch.TuneOptions{Budget: budget, Target: target, Bits: bits, Basis: basis,
+		Sinks: orNone(c.Int("sinks")), Uniform: c.Bool("uniform"), Checks: checks, MaxEvaluations: c.Int("max-evaluations")})
 	if err != nil {
 		return err
 	}
-	// Measure the chosen setting once more as it will be stored.
-	final, err := ev.Measure("chosen", best.Setting, budget)
-	if err != nil {
-		return err
-	}
-	p := calibration.NewPreset(es.m, es.cal, es.calPath, es.calSHA, final.Setting, target, ev.Baseline, final.PPL, es.set)
-	p.TargetPPLDelta = &budget
-	p.Search = &calibration.SearchInfo{Method: method, Evaluations: ev.Evaluations}
 	if err := p.Save(c.String("output")); err != nil {
 		return err
 	}
-	if err := writeCandidates(c, measured, final, budget); err != nil {
+	if err := writeCandidates(c, res, budget); err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -118,76 +108,60 @@ func tuneAction(c *cli.Context) error {
 	return nil
 }
 
-// disjoint refuses evaluation text that is also calibration text.
-func disjoint(cal *calibration.Calibration, set *calibration.EvalSet) error {
-	seen := map[string]string{}
-	for _, t := range cal.Texts {
-		seen[t.SHA256] = t.Path
-	}
-	for _, f := range set.Files {
-		if p, ok := seen[f.SHA256]; ok {
-			return fmt.Errorf("evaluation text %s is also calibration text (%s): tune measures on held-out text only", f.Path, p)
-		}
-	}
-	return nil
-}
-
 // writeCandidates writes --candidates (JSON) and --plot (PNG).
-func writeCandidates(c *cli.Context, measured []calibration.Candidate, chosen calibration.Candidate, budget float64) error {
+func writeCandidates(c *cli.Context, res tune.Result, budget float64) error {
 	if p := c.String("candidates"); p != "" {
 		type row struct {
 			Label string  `json:"label"`
-			PPL   float64 `json:"ppl"`
 			Delta float64 `json:"ppl_delta"`
 			Ratio float64 `json:"compression_ratio"`
+			Proxy bool    `json:"probe,omitempty"`
 		}
 		rows := []row{}
-		for _, m := range measured {
-			rows = append(rows, row{m.Label, m.PPL, m.Delta, m.Ratio})
+		for _, m := range res.Candidates {
+			rows = append(rows, row{m.Label, m.Delta, m.Ratio, m.Proxy})
 		}
-		f, err := os.Create(p)
+		err := atomicfile.Write(p, func(w io.Writer) error { return writeJSON(w, rows) })
 		if err != nil {
-			return err
-		}
-		if err := writeJSON(f, rows); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
+			return fmt.Errorf("candidates: %w", err)
 		}
 	}
 	if p := c.String("plot"); p != "" {
 		var pts []plot.Point
-		for _, m := range measured {
-			pts = append(pts, plot.Point{Ratio: m.Ratio, Delta: m.Delta})
+		for _, m := range res.Candidates {
+			if !m.Proxy {
+				pts = append(pts, plot.Point{Ratio: m.Ratio, Delta: m.Delta})
+			}
 		}
 		name := "kvtorch tune"
 		if c.Bool("uniform") {
 			name = "uniform rank"
 		}
 		return plot.Tradeoff(p, "perplexity against KV-cache compression", budget,
-			[]plot.Series{{Name: name + " (candidates; chosen: large mark)", Points: pts, Chosen: &plot.Point{Ratio: chosen.Ratio, Delta: chosen.Delta}}})
+			[]plot.Series{{Name: name + " (measured candidates; chosen: large mark)", Points: pts,
+				Chosen: &plot.Point{Ratio: res.Best.Ratio, Delta: res.Best.Delta}}})
 	}
 	return nil
 }
 
 // printPreset shows a preset as a table.
-func printPreset(w io.Writer, p *calibration.Preset, path string) {
+func printPreset(w io.Writer, p *kvfile.Preset, path string) {
 	fmt.Fprintf(w, "preset %s: %s (%s keys), calibration %s\n", path, p.ModelFile, p.KVSource, p.CalibrationFile)
-	fmt.Fprintf(w, "%5s %7s %7s %7s %7s %12s %12s\n", "layer", "rank_k", "bits_k", "rank_v", "bits_v", "bytes/token", "before")
+	fmt.Fprintf(w, "%5s %6s %7s %7s %6s %7s %7s %12s %12s\n", "layer", "basis", "rank_k", "bits_k", "basis", "rank_v", "bits_v", "bytes/token", "before")
 	for _, l := range p.Layers {
-		fmt.Fprintf(w, "%5d %7d %7d %7d %7d %12d %12d\n", l.Layer, l.RankK, l.BitsK, l.RankV, l.BitsV, l.BytesPerTokenAfter, l.BytesPerTokenBefore)
+		fmt.Fprintf(w, "%5d %6s %7d %7d %6s %7d %7d %12d %12d\n", l.Layer, l.BasisK, l.RankK, l.BitsK, l.BasisV, l.RankV, l.BitsV,
+			l.BytesPerTokenAfter, l.BytesPerTokenBefore)
 	}
-	fmt.Fprintf(w, "KV cache: %d -> %d bytes per token (%d-byte elements before): %.2fx compression\n",
-		p.BytesBefore, p.BytesAfter, p.CacheBytesPerElem, p.CompressionRatio)
-	fmt.Fprintf(w, "perplexity %.4f -> %.4f (%+.2f%%) at seq-len %d over %d held-out tokens; %d evaluations\n",
-		p.BaselinePPL, p.CompressedPPL, 100*p.PPLDelta, p.Eval.SeqLen, p.Eval.Tokens, evaluations(p))
-}
-
-func evaluations(p *calibration.Preset) int {
-	if p.Search == nil {
-		return 0
+	fmt.Fprintf(w, "KV cache: %d -> %d bytes per compressed token, %d sink tokens at full size: %.1f bytes per token at a context of %d, %.2fx compression\n",
+		p.BytesBefore, p.BytesCompressed, p.SinkTokens, p.BytesAfter, p.ContextLength, p.CompressionRatio)
+	fmt.Fprintf(w, "perplexity %.4f -> %.4f (%+.2f%%) at seq-len %d over %d held-out tokens", p.BaselinePPL, p.CompressedPPL,
+		100*p.PPLDelta, p.Eval.SeqLen, p.Eval.Tokens)
+	if p.Search != nil {
+		fmt.Fprintf(w, "; %d evaluations, %d probes, %ds", p.Search.Evaluations, p.Search.Proxies, p.Search.Seconds)
 	}
-	return p.Search.Evaluations
+	fmt.Fprintln(w)
+	for _, m := range p.Checks {
+		fmt.Fprintf(w, "other held-out text (%d files, %d tokens): perplexity %.4f -> %.4f (%+.2f%%)\n", len(m.Texts), m.Tokens,
+			m.BaselinePPL, m.CompressedPPL, 100*m.PPLDelta)
+	}
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/kvfile"
 )
 
 // tinyCalibrated calibrates the tiny model on texts and returns the model,
@@ -16,7 +16,7 @@ func tinyCalibrated(t *testing.T) (model, cal, evalDir string) {
 	t.Helper()
 	model = filepath.Join(tinyModels(t), "good.pt")
 	cal = filepath.Join(t.TempDir(), "calib.pt")
-	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", writeTexts(t, 6), "--out", cal, "--max-length", "64"); code != 0 {
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", writeTexts(t, 6), "--output", cal, "--max-length", "64"); code != 0 {
 		t.Fatal(e)
 	}
 	evalDir = t.TempDir()
@@ -30,7 +30,7 @@ func tinyCalibrated(t *testing.T) (model, cal, evalDir string) {
 func TestFullRankEqualsBaseline(t *testing.T) {
 	model, cal, evalDir := tinyCalibrated(t)
 	code, out, e := runCLI("eval", "--json", "--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64",
-		"--rank-k", "16", "--rank-v", "16")
+		"--rank-k", "16", "--rank-v", "16", "--basis", "head")
 	if code != 0 {
 		t.Fatal(e)
 	}
@@ -62,7 +62,7 @@ func TestTuneThenCheck(t *testing.T) {
 	if code != 0 {
 		t.Fatal(e)
 	}
-	p, err := calibration.LoadPreset(preset)
+	p, err := kvfile.LoadPreset(preset)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestTuneThenCheck(t *testing.T) {
 	}
 	// A changed calibration no longer matches the preset's sha256.
 	other := filepath.Join(dir, "other.pt")
-	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", writeTexts(t, 3), "--out", other, "--max-length", "64"); code != 0 {
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", writeTexts(t, 3), "--output", other, "--max-length", "64"); code != 0 {
 		t.Fatal(e)
 	}
 	code, _, e = runCLI("check", "--preset", preset, "--calibration", other)
@@ -95,7 +95,7 @@ func TestTuneRefusesCalibrationTextForEval(t *testing.T) {
 	model := filepath.Join(tinyModels(t), "good.pt")
 	texts := writeTexts(t, 4)
 	cal := filepath.Join(t.TempDir(), "calib.pt")
-	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", texts, "--out", cal); code != 0 {
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", texts, "--output", cal); code != 0 {
 		t.Fatal(e)
 	}
 	code, _, e := runCLI("tune", "-q", "--model", model, "--calibration", cal, "--texts", texts, "--seq-len", "32")
@@ -128,7 +128,7 @@ func TestBadPresets(t *testing.T) {
 		"not json":  {func() string { p := filepath.Join(dir, "junk.json"); os.WriteFile(p, []byte("{nope"), 0o644); return p }(), "not a preset JSON"},
 		"format":    {edit("format", func(m map[string]any) { m["format"] = "other" }), "format"},
 		"rank":      {edit("rank", func(m map[string]any) { m["layers"].([]any)[0].(map[string]any)["rank_k"] = 999.0 }), "out of range"},
-		"bits":      {edit("bits", func(m map[string]any) { m["layers"].([]any)[1].(map[string]any)["bits_v"] = 3.0 }), "out of range"},
+		"bits":      {edit("bits", func(m map[string]any) { m["layers"].([]any)[1].(map[string]any)["bits_v"] = 3.0 }), "bits 3"},
 		"layers":    {edit("layers", func(m map[string]any) { m["layers"] = []any{} }), "layers listed"},
 		"model sha": {edit("modelsha", func(m map[string]any) { m["model_sha256"] = "abc" }), "sha256"},
 		"missing":   {filepath.Join(dir, "absent.json"), "no such file"},

@@ -3,11 +3,50 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 )
+
+// ErrAborted is returned by writes after Abort.
+var ErrAborted = errors.New("interrupted")
+
+var (
+	mu       sync.Mutex
+	inFlight = map[string]bool{} // temporary files being written
+	aborted  bool
+)
+
+// Abort removes the temporary files of writes in progress and makes every
+// write from now on fail with ErrAborted: on SIGINT or SIGTERM, no
+// temporary file stays behind and no output is half-written.
+func Abort() {
+	mu.Lock()
+	defer mu.Unlock()
+	aborted = true
+	for name := range inFlight {
+		os.Remove(name)
+	}
+}
+
+func track(name string) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if aborted {
+		return ErrAborted
+	}
+	inFlight[name] = true
+	return nil
+}
+
+func untrack(name string) {
+	mu.Lock()
+	defer mu.Unlock()
+	delete(inFlight, name)
+}
 
 // Write calls write with a temporary file in path's folder, then makes it
 // mode 0644, syncs it, renames it to path and syncs the folder. On any error
@@ -22,7 +61,13 @@ func Write(path string, write func(w io.Writer) error) (err error) {
 	if err != nil {
 		return err
 	}
+	if err = track(tmp.Name()); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
 	defer func() {
+		untrack(tmp.Name())
 		if err != nil {
 			tmp.Close()
 			os.Remove(tmp.Name())
@@ -40,7 +85,14 @@ func Write(path string, write func(w io.Writer) error) (err error) {
 	if err = tmp.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
+	mu.Lock() // no Abort between the check and the rename
+	if aborted {
+		mu.Unlock()
+		return ErrAborted
+	}
+	err = os.Rename(tmp.Name(), path)
+	mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if d, derr := os.Open(dir); derr == nil { // make the rename durable

@@ -13,18 +13,16 @@ the preset says so) instead of full K/V, for real memory savings in generate:
     model.generate(ids, past_key_values=cache, max_new_tokens=50)
     cache.nbytes()                            # bytes actually stored
 
-Storage: 16-bit latents as float16; 8-bit as int8 with one float16 absmax
-scale per token and head; 4-bit as two values per uint8 with the same scale;
-sides the preset leaves uncompressed as float16. This is exactly the
-accounting of the preset's bytes_per_token_after.
-
-Keys: presets for pre_rope models compress keys before rotary embedding. The
-cache receives post-RoPE keys, so it un-rotates them (positions 0, 1, 2, …
-for each row: no left padding) and rotates the expanded keys back.
-
-Limits: the cache re-expands all latents at every step (memory, not speed, is
-what it saves), and it supports appending tokens only: cropping, beam search
-reordering and batch selection raise NotImplementedError.
+A side of a layer uses a basis per KV head ("head": latents [B, H, T, r])
+or one joint basis over the heads joined ("joint": latents [B, 1, T, r], r
+counting all heads). Storage: 16-bit latents as float16; 8-bit as int8 with
+one float16 absmax scale per token and quantization group (per head for a
+per-head basis; for a joint basis one per token, of the latents divided by
+their standard deviation first); 4-bit as two values per uint8 with the same
+scale; sides the preset leaves uncompressed, and the first sink_tokens
+tokens of every sequence, as float16. This is exactly the accounting of the
+preset's bytes (docs/preset-format.md), and exactly what kvtorch eval
+measured.
 """
 import hashlib
 import json
@@ -40,8 +38,8 @@ KINDS = {"k": "K", "v": "V"}
 class Latents:
     """What a compressed cache stores for one side of one layer."""
 
-    data: torch.Tensor  # float16 [B, H, T, r], int8 [B, H, T, r], or uint8 [B, H, T, ceil(r/2)] (4-bit)
-    scale: torch.Tensor | None  # float16 [B, H, T, 1] for 8/4 bits
+    data: torch.Tensor  # float16 [B, G, T, r], int8 [B, G, T, r], or uint8 [B, G, T, ceil(r/2)] (4-bit); G = heads or 1
+    scale: torch.Tensor | None  # float16 [B, G, T, 1] for 8/4 bits
     bits: int
     rank: int
 
@@ -71,6 +69,28 @@ def _resolve(path, near):
     return os.path.join(os.path.dirname(os.path.abspath(near)), path)
 
 
+def _quantize(z, bits):
+    """Per-token absmax quantization of z [..., r] -> (data, float16 scale)."""
+    levels = 2 ** (bits - 1) - 1
+    scale = (z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels).to(torch.float16)
+    q = torch.round(z / scale.float()).clamp(-levels, levels).to(torch.int8)
+    if bits == 8:
+        return q, scale
+    u = (q + 8).to(torch.uint8)  # 1..15
+    if z.shape[-1] % 2:
+        u = torch.cat([u, torch.full_like(u[..., :1], 8)], dim=-1)
+    return u[..., 0::2] | (u[..., 1::2] << 4), scale
+
+
+def _dequantize(z):
+    if z.bits == 16:
+        return z.data.float()
+    if z.bits == 8:
+        return z.data.float() * z.scale.float()
+    lo, hi = (z.data & 0x0F).to(torch.int16) - 8, (z.data >> 4).to(torch.int16) - 8
+    return torch.stack([lo, hi], dim=-1).flatten(-2)[..., : z.rank].float() * z.scale.float()
+
+
 class Preset:
     """A kvtorch preset (docs/preset-format.md) with its calibration."""
 
@@ -78,24 +98,33 @@ class Preset:
         with open(preset_path) as f:
             self.preset = json.load(f)
         p = self.preset
-        if p.get("format") != "kvtorch-preset" or p.get("version") != 1:
-            raise ValueError(f"{preset_path}: not a kvtorch preset (version 1)")
+        if p.get("format") != "kvtorch-preset" or p.get("version") not in (1, 2):
+            raise ValueError(f"{preset_path}: not a kvtorch preset (version 1 or 2)")
         cal_path = calibration_path or _resolve(p["calibration_file"], preset_path)
         if _sha256(cal_path) != p["calibration_sha256"]:
             raise ValueError(f"{cal_path} is not the calibration the preset was made with (sha256 differs)")
         cal = torch.load(cal_path)  # weights_only=True
         self.kv_source = p["kv_source"]
+        self.heads = p["n_kv_heads"]
+        self.sinks = p.get("sink_tokens", 0)
         self.layers = []
         for l, pl in enumerate(p["layers"]):
             sides = {}
             for kind, name in KINDS.items():
                 rank, bits = pl[f"rank_{kind}"], pl[f"bits_{kind}"]
+                basis = pl.get(f"basis_{kind}", "head")
                 d = p[f"head_dim_{kind}"]
-                basis = cal["layers"][l][name]
-                sides[kind] = {
-                    "rank": rank, "bits": bits, "dim": d, "compressed": rank < d or bits < 16,
-                    "U": basis["U"][:, :, :rank].to(device), "mean": basis["mean"].to(device),
-                }
+                full = d * (self.heads if basis == "joint" else 1)
+                side = {"rank": rank, "bits": bits, "dim": d, "basis": basis, "compressed": rank < full or bits < 16}
+                b = cal["layers"][l][name]
+                if basis == "joint":
+                    j = b["joint"]
+                    std = j["latent_std"][:rank].double()
+                    side.update(U=j["U"][:, :rank].to(device), mean=j["mean"].to(device),
+                                qscale=torch.where(std > 0, std, torch.ones_like(std)).float().to(device))
+                else:
+                    side.update(U=b["U"][:, :, :rank].to(device), mean=b["mean"].to(device))
+                sides[kind] = side
             self.layers.append(sides)
 
     def side(self, layer, kind):
@@ -108,35 +137,36 @@ class Preset:
         s = self.side(layer, kind)
         if not s["compressed"]:
             return Latents(x.to(torch.float16), None, 16, s["dim"])
-        z = torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device))
         bits, rank = s["bits"], s["rank"]
+        if s["basis"] == "joint":
+            xf = x.float().transpose(1, 2).flatten(2)[:, None]  # [B, 1, T, E]
+            z = torch.matmul(xf - s["mean"].to(x.device), s["U"].to(x.device))
+            if bits == 16:
+                return Latents(z.to(torch.float16), None, 16, rank)
+            qs = s["qscale"].to(x.device)
+            data, scale = _quantize(z / qs, bits)
+            return Latents(data, scale, bits, rank)
+        z = torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device))
         if bits == 16:
             return Latents(z.to(torch.float16), None, 16, rank)
-        levels = 2 ** (bits - 1) - 1
-        scale = (z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels).to(torch.float16)
-        q = torch.round(z / scale.float()).clamp(-levels, levels).to(torch.int8)
-        if bits == 8:
-            return Latents(q, scale, 8, rank)
-        u = (q + 8).to(torch.uint8)  # 1..15
-        if rank % 2:
-            u = torch.cat([u, torch.full_like(u[..., :1], 8)], dim=-1)
-        return Latents(u[..., 0::2] | (u[..., 1::2] << 4), scale, 4, rank)
+        data, scale = _quantize(z, bits)
+        return Latents(data, scale, bits, rank)
 
     def expand(self, layer, kind, z, dtype=torch.float32):
         """Latents -> [B, H, T, D] in dtype."""
         s = self.side(layer, kind)
         if not s["compressed"]:
             return z.data.to(dtype)
-        if z.bits == 16:
-            lat = z.data.float()
-        elif z.bits == 8:
-            lat = z.data.float() * z.scale.float()
-        else:
-            lo, hi = (z.data & 0x0F).to(torch.int16) - 8, (z.data >> 4).to(torch.int16) - 8
-            lat = torch.stack([lo, hi], dim=-1).flatten(-2)[..., : z.rank].float() * z.scale.float()
+        lat = _dequantize(z)
         U = s["U"].to(lat.device)
+        if s["basis"] == "joint":
+            if z.bits < 16:
+                lat = lat * s["qscale"].to(lat.device)
+            xf = torch.matmul(lat, U.transpose(-1, -2)) + s["mean"].to(lat.device)  # [B, 1, T, E]
+            b, _, t, _ = xf.shape
+            return xf[:, 0].view(b, t, self.heads, s["dim"]).transpose(1, 2).to(dtype)
         return (torch.matmul(lat, U.transpose(-1, -2)) + s["mean"][:, None, :].to(lat.device)).to(dtype)
 
     def bytes_per_token(self, layer):
-        """The preset's accounting for a layer (both sides)."""
+        """The preset's accounting for a layer (both sides), per compressed token."""
         return self.preset["layers"][layer]["bytes_per_token_after"]

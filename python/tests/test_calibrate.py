@@ -28,9 +28,10 @@ def tiny(tmp_path_factory):
     return str(d / "good.pt"), str(texts)
 
 
-def reference(model_path, text_dir, max_length, min_tokens):
-    """K/V of every calibration token, by Python alone; per layer and side,
-    per head: (n, mean, eigenvalues descending, eigenvectors)."""
+def reference(model_path, text_dir, max_length, min_tokens, sinks):
+    """K/V of every calibration token but the first `sinks` of each sequence,
+    by Python alone; per layer and side, per head and joint over the heads:
+    (n, mean, eigenvalues descending, eigenvectors)."""
     from tokenizers import Tokenizer
 
     files = {"kvtorch.json": "", "tokenizer.json": ""}
@@ -48,15 +49,17 @@ def reference(model_path, text_dir, max_length, min_tokens):
                 _, keys, values = model(torch.tensor([ids[s:s + max_length]]))
             for l in range(meta["n_layers"]):
                 for kind, x in (("K", keys[l]), ("V", values[l])):
-                    rows.setdefault((l, kind), []).append(x[0].double())  # [H, T, D]
+                    rows.setdefault((l, kind), []).append(x[0, :, sinks:].double())  # [H, T, D]
     out = {}
-    for key, xs in rows.items():
+    for (l, kind), xs in rows.items():
         X = torch.cat(xs, dim=1)  # [H, N, D]
-        mean = X.mean(dim=1)
-        Xc = X - mean[:, None, :]
-        cov = Xc.transpose(1, 2) @ Xc / (X.shape[1] - 1)
-        w, V = torch.linalg.eigh(cov)
-        out[key] = (X.shape[1], mean, w.flip(-1), V.flip(-1))
+        joint = X.transpose(0, 1).flatten(1)[None]  # [1, N, H*D]
+        for name, Y in (("head", X), ("joint", joint)):
+            mean = Y.mean(dim=1)
+            Yc = Y - mean[:, None, :]
+            cov = Yc.transpose(1, 2) @ Yc / (Y.shape[1] - 1)
+            w, V = torch.linalg.eigh(cov)
+            out[(l, kind, name)] = (Y.shape[1], mean, w.flip(-1), V.flip(-1))
     return meta, out
 
 
@@ -69,23 +72,27 @@ def sin_largest_angle(A, B):
 
 def check(model_path, text_dir, tmp_path, max_length, ranks):
     out = tmp_path / "calib.pt"
-    r = subprocess.run([KVTORCH, "calibrate", "--model", model_path, "--texts", text_dir, "--out", str(out),
-                        "--max-length", str(max_length), "-q"], capture_output=True, text=True)
+    r = subprocess.run([KVTORCH, "calibrate", "--model", model_path, "--texts", text_dir, "--output", str(out),
+                        "--seq-len", str(max_length), "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cal = torch.load(str(out))  # bare torch.load: weights_only=True
-    meta, ref = reference(model_path, text_dir, max_length, cal["options"]["min_tokens"])
-    assert cal["format"] == "kvtorch-calibration" and cal["n_layers"] == meta["n_layers"]
-    for (l, kind), (n, mean, w, V) in ref.items():
+    sinks = cal["options"]["sinks"]
+    assert sinks == 4
+    meta, ref = reference(model_path, text_dir, max_length, cal["options"]["min_tokens"], sinks)
+    assert cal["format"] == "kvtorch-calibration" and cal["version"] == 2 and cal["n_layers"] == meta["n_layers"]
+    for (l, kind, basis), (n, mean, w, V) in ref.items():
         got = cal["layers"][l][kind]
+        if basis == "joint":  # stored without the group axis
+            got = {k: v[None] for k, v in got["joint"].items()}
         assert cal["tokens"] == n
         torch.testing.assert_close(got["mean"].double(), mean, rtol=1e-4, atol=1e-5)
         gw = got["eigenvalues"].double()
         # within 1e-4 relative (with a floor of 1e-6 of the top eigenvalue for the smallest ones)
-        assert ((gw - w).abs() <= 1e-4 * w.abs() + 1e-6 * w[:, :1]).all(), (l, kind, (gw - w).abs().max())
+        assert ((gw - w).abs() <= 1e-4 * w.abs() + 1e-6 * w[:, :1]).all(), (l, kind, basis, (gw - w).abs().max())
         U = got["U"].double()
-        for rank in ranks:
+        for rank in ranks + [2 * r for r in ranks]:
             s = sin_largest_angle(U[:, :, :rank], V[:, :, :rank])
-            assert (s <= 1e-3).all(), (l, kind, rank, s)
+            assert (s <= 1e-3).all(), (l, kind, basis, rank, s)
     return out
 
 
@@ -100,7 +107,7 @@ def test_reference_model_matches_python(tmp_path):
 
 def test_docs_snippet_runs(tiny, tmp_path):
     out = tmp_path / "calib.pt"
-    r = subprocess.run([KVTORCH, "calibrate", "--model", tiny[0], "--texts", tiny[1], "--out", str(out), "-q"],
+    r = subprocess.run([KVTORCH, "calibrate", "--model", tiny[0], "--texts", tiny[1], "--output", str(out), "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with open(os.path.join(ROOT, "docs", "calibration-format.md")) as f:

@@ -83,7 +83,7 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     subprocess.run(args, check=True, capture_output=True)
     calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
     cal = str(tmp_path / "calib.pt")
-    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--out", cal, "--max-length", "64", "--min-tokens", "8")
+    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
     preset_path = str(tmp_path / "preset.json")
     kvtorch("tune", "-q", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
             "--bits", "16,8,4", "--target-ppl-delta", "0.03", "--output", preset_path)
@@ -100,14 +100,17 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     # 16-bit latents are stored as float16 and scales as float16: close, not bit-equal.
     assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
 
-    # The cache holds exactly the bytes the preset accounts for.
+    # The cache holds exactly the bytes the preset accounts for: the sink
+    # tokens at full size, the others at bytes_per_token_after.
     cache = KVTorchCache(preset, hf)
     with torch.no_grad():
         hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
-    t = wins.shape[1]
+    t, s = wins.shape[1], meta["sink_tokens"]
+    assert s == 4
     for l, layer in enumerate(cache.layers):
-        assert layer.nbytes() == meta["layers"][l]["bytes_per_token_after"] * t
-    assert cache.nbytes() == meta["bytes_per_token_after"] * t
+        pl = meta["layers"][l]
+        assert layer.nbytes() == s * pl["bytes_per_token_before"] + (t - s) * pl["bytes_per_token_after"]
+    assert cache.nbytes() == s * meta["bytes_per_token_before"] + (t - s) * meta["bytes_per_token_compressed"]
 
     with pytest.raises(NotImplementedError):
         cache.layers[0].crop(1)
@@ -131,7 +134,7 @@ def test_reference_model_compress_expand_match_go(tmp_path):
     from torch import nn
 
     cal = str(tmp_path / "calib.pt")
-    kvtorch("calibrate", "-q", "--model", REFMODEL, "--out", cal)
+    kvtorch("calibrate", "-q", "--model", REFMODEL, "--output", cal)
     preset_path = str(tmp_path / "preset.json")
     kvtorch("tune", "-q", "--model", REFMODEL, "--calibration", cal, "--max-tokens", "4096", "--bits", "16,8",
             "--output", preset_path)
@@ -143,7 +146,9 @@ def test_reference_model_compress_expand_match_go(tmp_path):
             self.layer, self.kind = layer, kind
 
         def forward(self, x):
-            return preset.expand(self.layer, self.kind, preset.compress(self.layer, self.kind, x))
+            y = preset.expand(self.layer, self.kind, preset.compress(self.layer, self.kind, x))
+            y[:, :, :preset.sinks] = x[:, :, :preset.sinks]  # the sink tokens stay exact
+            return y
 
     model, c = refmodel.load_model(TESTDATA)
     for i, blk in enumerate(model.blocks):

@@ -1,0 +1,159 @@
+package kvtorch
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// CalibrateOptions say how to calibrate. Zero values take the defaults.
+type CalibrateOptions struct {
+	MaxLength   int    // tokens per sequence (512; at most the model's positions)
+	BatchSize   int    // sequences per forward pass (8)
+	NumSamples  int    // documents used, chosen with Seed (0: all)
+	Seed        uint64 // choosing and ordering documents
+	MinTokens   int    // documents with fewer tokens are skipped (32; -1: none)
+	Accumulate  string // statistics dtype on the device: float32 (default) or float64
+	Method      string // PCA by eigh (default) or svd
+	SharedHeads bool   // one per-head basis of the heads pooled (the old tool's)
+	Sinks       int    // leading tokens of every sequence left out of the statistics (4; -1: none)
+	StatsOnly   bool   // return the statistics only (a shard), no PCA
+}
+
+// DefaultSinks is the number of attention-sink tokens kept exact (and left
+// out of calibration statistics) unless asked otherwise.
+const DefaultSinks = 4
+
+func (o *CalibrateOptions) defaults(m *Model) error {
+	if o.MaxLength == 0 {
+		o.MaxLength = 512
+	}
+	o.MaxLength = min(o.MaxLength, m.Meta.MaxPositions)
+	if o.BatchSize == 0 {
+		o.BatchSize = 8
+	}
+	if o.MinTokens == 0 {
+		o.MinTokens = 32
+	}
+	o.MinTokens = max(o.MinTokens, 0)
+	if o.Accumulate == "" {
+		o.Accumulate = "float32"
+	}
+	if o.Method == "" {
+		o.Method = "eigh"
+	}
+	if o.Sinks == 0 {
+		o.Sinks = DefaultSinks
+	}
+	o.Sinks = max(o.Sinks, 0)
+	switch {
+	case o.MaxLength < 2:
+		return fmt.Errorf("%w: max length %d: at least 2", compress.ErrInvalid, o.MaxLength)
+	case o.BatchSize < 1:
+		return fmt.Errorf("%w: batch size %d: at least 1", compress.ErrInvalid, o.BatchSize)
+	case o.NumSamples < 0:
+		return fmt.Errorf("%w: number of samples %d", compress.ErrInvalid, o.NumSamples)
+	case o.Accumulate != "float32" && o.Accumulate != "float64":
+		return fmt.Errorf("%w: accumulate %q (want float32 or float64)", compress.ErrInvalid, o.Accumulate)
+	case o.Method != "eigh" && o.Method != "svd":
+		return fmt.Errorf("%w: method %q (want eigh or svd)", compress.ErrInvalid, o.Method)
+	case o.Sinks >= o.MaxLength:
+		return fmt.Errorf("%w: %d sink tokens leave nothing of sequences of %d", compress.ErrInvalid, o.Sinks, o.MaxLength)
+	}
+	return nil
+}
+
+// CalibrateResult is a calibration and what went into it.
+type CalibrateResult struct {
+	Stats       *kvfile.Stats
+	Calibration *kvfile.Calibration // nil with StatsOnly
+	Skipped     []kvfile.Skipped    // documents too short to use
+	Elapsed     time.Duration
+}
+
+// Calibrate runs texts through the model, accumulates the statistics of
+// every layer's K and V on its device, and computes the PCA bases (unless
+// StatsOnly).
+func Calibrate(ctx context.Context, m *Model, texts *kvfile.Corpus, o CalibrateOptions, progress Progress) (*CalibrateResult, error) {
+	if err := o.defaults(m); err != nil {
+		return nil, fmt.Errorf("kvtorch: calibrate: %w", err)
+	}
+	start := time.Now()
+	docs := texts.Sample(o.NumSamples, o.Seed)
+	seqs, skipped, err := texts.Encode(m.Tokenizer, m.Meta.VocabSize, docs, kvfile.EncodeOptions{MaxLength: o.MaxLength, MinTokens: o.MinTokens})
+	if err != nil {
+		return nil, fmt.Errorf("kvtorch: calibrate: %w", err)
+	}
+	if len(seqs) == 0 {
+		return nil, fmt.Errorf("kvtorch: calibrate: %w: %d documents read, none with at least %d tokens", ErrNoText, len(docs), o.MinTokens)
+	}
+	total := 0
+	for _, s := range seqs {
+		total += len(s.IDs)
+	}
+	dtype := torch.Float32
+	if o.Accumulate == "float64" {
+		dtype = torch.Float64
+	}
+	stats := calibration.NewStats(m.Model, dtype, o.Sinks)
+	defer stats.Close()
+	progress.send(Event{Task: "calibrate", Total: total, Unit: "tokens"})
+	err = calibration.Run(ctx, m.Model, seqs, calibration.RunOptions{BatchSize: o.BatchSize,
+		Progress: func(_, done int) { progress.send(Event{Task: "calibrate", Done: done, Total: total, Unit: "tokens"}) }}, stats)
+	if err != nil {
+		return nil, fmt.Errorf("kvtorch: calibrate: %w", err)
+	}
+	if err := m.Device.Synchronize(); err != nil {
+		return nil, err
+	}
+	moments, err := stats.Moments()
+	if err != nil {
+		return nil, err
+	}
+	if stats.Tokens() < 2 {
+		return nil, fmt.Errorf("kvtorch: calibrate: %w: %d tokens after the %d sink tokens of each sequence", ErrNoText, stats.Tokens(), o.Sinks)
+	}
+	res := &CalibrateResult{Skipped: skipped}
+	res.Stats = &kvfile.Stats{Header: kvfile.Header{
+		Model: kvfile.ModelInfo{Name: m.Meta.Name, File: filepath.Base(m.Path), SHA256: m.SHA256, KVSource: m.Meta.KVSource,
+			Architecture: m.Meta.Architecture},
+		Geometry: m.Geometry(), Texts: texts.Files,
+		Options: kvfile.Options{MaxLength: o.MaxLength, BatchSize: o.BatchSize, NumSamples: o.NumSamples, MinTokens: o.MinTokens,
+			Seed: o.Seed, Accumulate: o.Accumulate, Method: o.Method, SharedHeads: o.SharedHeads, Device: m.Device.String(), Sinks: o.Sinks},
+	}, Layers: moments}
+	if !o.StatsOnly {
+		if res.Calibration, err = FromStats(ctx, res.Stats, m.Device); err != nil {
+			return nil, err
+		}
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// FromStats computes the PCA bases of statistics (one calibration or merged
+// shards) on dev.
+func FromStats(ctx context.Context, s *kvfile.Stats, dev torch.Device) (*kvfile.Calibration, error) {
+	c := &kvfile.Calibration{Header: s.Header, Tokens: s.Tokens()}
+	c.Options.Device = dev.String()
+	for l, pair := range s.Layers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var bases [2]kvfile.SideBases
+		for _, k := range compress.Kinds {
+			b, err := calibration.PCA(pair[k], s.Geometry.Heads, s.Options.Method, s.Options.SharedHeads, dev)
+			if err != nil {
+				return nil, fmt.Errorf("kvtorch: layer %d %s: %w", l, k, err)
+			}
+			bases[k] = b
+		}
+		c.Layers = append(c.Layers, bases)
+	}
+	return c, nil
+}

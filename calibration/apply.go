@@ -1,0 +1,183 @@
+package calibration
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// ErrHookFormat marks a setting the model's compression hook cannot apply: a
+// model exported with hook format 1 has per-head bases only, and no sinks.
+var ErrHookFormat = fmt.Errorf("%w: the model's compression hook is of format 1", ErrContract)
+
+// Apply writes the hook buffers of every layer for setting s, with the bases
+// of calibration cal (which must be the model's; see kvtorch.Session). An
+// uncompressed side gets the identity, so it is exactly unchanged. Hooks
+// that already hold what s asks are left alone, so settings that differ in
+// a few layers are quick to apply one after another.
+//
+// A per-head side: the first Rank columns of each head's basis, latents
+// quantized per token and head by absmax. A joint side: the first Rank
+// columns of the joint basis, each latent divided by its standard deviation
+// before a per-token absmax over them all.
+func Apply(m *Model, cal *kvfile.Calibration, s compress.Setting) error {
+	g := m.Geometry()
+	if err := s.Validate(g); err != nil {
+		return fmt.Errorf("calibration: %w", err)
+	}
+	if cal.Geometry != g {
+		return fmt.Errorf("calibration: %w: the calibration's cache shape (%v) is not the model's (%v)", kvfile.ErrMismatch, cal.Geometry, g)
+	}
+	if m.Meta.FormatVersion == 1 && s.Compresses(g) {
+		if s.Sinks > 0 {
+			return fmt.Errorf("calibration: %w: it cannot keep sink tokens exact; export the model again with this kvtorch (python -m kvtorch.export) or use --sinks 0", ErrHookFormat)
+		}
+		for _, pair := range s.Layers {
+			for _, sd := range pair {
+				if sd.Basis == compress.Joint {
+					return fmt.Errorf("calibration: %w: it has no joint bases; export the model again with this kvtorch (python -m kvtorch.export) or use a per-head basis", ErrHookFormat)
+				}
+			}
+		}
+	}
+	for l, pair := range s.Layers {
+		for _, k := range compress.Kinds {
+			sd := pair[k]
+			key := fmt.Sprintf("%s/%d", sd, s.Sinks)
+			if !sd.Compresses(g, k) {
+				key = "identity"
+			}
+			if m.applied[hookKey{l, k}] == key {
+				continue
+			}
+			var err error
+			if m.Meta.FormatVersion == 1 {
+				err = m.setHookV1(l, k, cal, sd)
+			} else {
+				err = m.setHook(l, k, cal, sd, s.Sinks)
+			}
+			if err != nil {
+				delete(m.applied, hookKey{l, k})
+				return fmt.Errorf("calibration: layer %d %s: %w", l, k, err)
+			}
+			m.applied[hookKey{l, k}] = key
+		}
+	}
+	return nil
+}
+
+type buffer struct {
+	name  string
+	data  []float64
+	shape []int64
+}
+
+func (m *Model) setBuffers(layer int, k compress.Kind, bufs []buffer) error {
+	prefix := m.Meta.HookPrefix(layer, k)
+	for _, b := range bufs {
+		t, err := torch.FromSlice(b.data, b.shape...)
+		if err != nil {
+			return err
+		}
+		err = m.Module.SetBuffer(prefix+"."+b.name, t)
+		t.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setHook fills a format-2 hook: down, up [E, E], mean and qscale [E],
+// bits, qhead and sink.
+func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd compress.Side, sinks int) error {
+	g := m.Geometry()
+	e, d, h := g.Width(k), g.Dims[k], g.Heads
+	down := make([]float64, e*e)
+	up := make([]float64, e*e)
+	mean := make([]float64, e)
+	qscale := make([]float64, e)
+	for i := range qscale {
+		qscale[i] = 1
+	}
+	qhead := 1.0
+	if !sd.Compresses(g, k) {
+		for i := 0; i < e; i++ {
+			down[i*e+i], up[i*e+i] = 1, 1
+		}
+		sinks = 0
+	} else {
+		b, err := cal.Basis(layer, k, sd.Basis)
+		if err != nil {
+			return err
+		}
+		copy(mean, b.Mean)
+		if sd.Basis == compress.Joint {
+			qhead = 0
+			std := b.LatentStd()
+			for j := 0; j < sd.Rank; j++ {
+				if std[j] > 0 {
+					qscale[j] = std[j]
+				}
+				for i := 0; i < e; i++ {
+					u := b.Component(0, i, j)
+					down[i*e+j] = u // column j of U_r
+					up[j*e+i] = u   // row j of U_rᵀ
+				}
+			}
+		} else {
+			for hh := 0; hh < h; hh++ { // block diagonal: head hh's latents at columns hh·D …
+				for j := 0; j < sd.Rank; j++ {
+					for i := 0; i < d; i++ {
+						u := b.Component(hh, i, j)
+						row, col := hh*d+i, hh*d+j
+						down[row*e+col] = u
+						up[col*e+row] = u
+					}
+				}
+			}
+		}
+	}
+	ee := int64(e)
+	return m.setBuffers(layer, k, []buffer{{"down", down, []int64{ee, ee}}, {"up", up, []int64{ee, ee}},
+		{"mean", mean, []int64{ee}}, {"bits", []float64{float64(sd.Bits)}, nil}, {"qscale", qscale, []int64{ee}},
+		{"qhead", []float64{qhead}, nil}, {"sink", []float64{float64(sinks)}, nil}})
+}
+
+// setHookV1 fills a format-1 hook (per-head [H, D, D] down/up, [H, D] mean,
+// bits): what models exported before hook format 2 have.
+func (m *Model) setHookV1(layer int, k compress.Kind, cal *kvfile.Calibration, sd compress.Side) error {
+	g := m.Geometry()
+	h, d := g.Heads, g.Dims[k]
+	down := make([]float64, h*d*d)
+	up := make([]float64, h*d*d)
+	mean := make([]float64, h*d)
+	if !sd.Compresses(g, k) {
+		for hh := 0; hh < h; hh++ {
+			for i := 0; i < d; i++ {
+				down[hh*d*d+i*d+i], up[hh*d*d+i*d+i] = 1, 1
+			}
+		}
+	} else {
+		b := cal.Layers[layer][k].PerHead
+		copy(mean, b.Mean)
+		for hh := 0; hh < h; hh++ {
+			for i := 0; i < d; i++ {
+				for j := 0; j < sd.Rank; j++ {
+					u := b.Component(hh, i, j)
+					down[hh*d*d+i*d+j] = u
+					up[hh*d*d+j*d+i] = u
+				}
+			}
+		}
+	}
+	hh, dd := int64(h), int64(d)
+	return m.setBuffers(layer, k, []buffer{{"down", down, []int64{hh, dd, dd}}, {"up", up, []int64{hh, dd, dd}},
+		{"mean", mean, []int64{hh, dd}}, {"bits", []float64{float64(sd.Bits)}, nil}})
+}
+
+// finite reports whether x is neither NaN nor infinite.
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }

@@ -1,0 +1,129 @@
+package calibration
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// Perplexity runs the windows through the model as it is configured now and
+// returns exp(mean negative log-likelihood) of each next token. progress,
+// when set, is called after each batch with the windows done. A cancelled
+// ctx stops it between batches.
+func Perplexity(ctx context.Context, m *Model, w *kvfile.Windows, batchSize int, progress func(done int)) (float64, error) {
+	bs := max(batchSize, 1)
+	nll := 0.0
+	for start := 0; start < len(w.Windows); start += bs {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		v, err := windowNLL(m, w.Windows[start:min(start+bs, len(w.Windows))])
+		if err != nil {
+			return 0, err
+		}
+		nll += v
+		if progress != nil {
+			progress(min(start+bs, len(w.Windows)))
+		}
+	}
+	ppl := math.Exp(nll / float64(w.Tokens()))
+	if !finite(ppl) {
+		return 0, fmt.Errorf("calibration: %w: perplexity is %v", ErrNonFinite, ppl)
+	}
+	return ppl, nil
+}
+
+// windowNLL is the summed negative log-likelihood of tokens 1..T−1 of each
+// window. The log-softmax is taken one window at a time: the batch's logits
+// [B, T, V] are the forward's, but no second tensor of their size is made.
+func windowNLL(m *Model, win [][]int) (float64, error) {
+	b, t := len(win), len(win[0])
+	ids := make([]int64, 0, b*t)
+	for _, w := range win {
+		for _, id := range w {
+			ids = append(ids, int64(id))
+		}
+	}
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
+	cpu, err := keep(torch.FromSlice(ids, int64(b), int64(t)))
+	if err != nil {
+		return 0, err
+	}
+	dev, err := keep(cpu.ToDevice(m.Device))
+	if err != nil {
+		return 0, err
+	}
+	out, err := m.Forward(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	logits := out.Logits
+	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) { // padded vocabularies
+		if logits, err = keep(logits.Narrow(2, 0, int64(m.Meta.VocabSize))); err != nil {
+			return 0, err
+		}
+	}
+	total := 0.0
+	for i, w := range win {
+		v, err := rowNLL(m, logits, int64(i), w)
+		if err != nil {
+			return 0, err
+		}
+		total += v
+	}
+	return total, nil
+}
+
+func rowNLL(m *Model, logits *torch.Tensor, row int64, w []int) (float64, error) {
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
+	t := int64(len(w))
+	one, err := keep(logits.Narrow(0, row, 1))
+	if err != nil {
+		return 0, err
+	}
+	pred, err := keep(one.Narrow(1, 0, t-1))
+	if err != nil {
+		return 0, err
+	}
+	lp, err := keep(pred.LogSoftmax(-1))
+	if err != nil {
+		return 0, err
+	}
+	targets := make([]int64, t-1)
+	for j := range targets {
+		targets[j] = int64(w[j+1])
+	}
+	tcpu, err := keep(torch.FromSlice(targets, 1, t-1, 1))
+	if err != nil {
+		return 0, err
+	}
+	tdev, err := keep(tcpu.ToDevice(m.Device))
+	if err != nil {
+		return 0, err
+	}
+	g, err := keep(lp.Gather(2, tdev))
+	if err != nil {
+		return 0, err
+	}
+	g64, err := keep(g.ToDType(torch.Float64))
+	if err != nil {
+		return 0, err
+	}
+	s, err := keep(g64.Sum(false))
+	if err != nil {
+		return 0, err
+	}
+	v, err := s.Float64s()
+	if err != nil {
+		return 0, err
+	}
+	return -v[0], nil
+}

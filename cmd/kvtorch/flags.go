@@ -1,0 +1,190 @@
+package main
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/internal/regfile"
+	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/urfave/cli/v2"
+)
+
+// The flags several commands share, each settable from a KVTORCH_*
+// environment variable.
+var (
+	modelFlag = &cli.StringFlag{Name: "model", Aliases: []string{"m"}, EnvVars: []string{"KVTORCH_MODEL"},
+		Usage: "TorchScript model (docs/model-contract.md); default: the bundled reference model"}
+	calibrationFlag = &cli.StringFlag{Name: "calibration", Aliases: []string{"c"}, Value: "calib.pt", EnvVars: []string{"KVTORCH_CALIBRATION"},
+		Usage: "calibration file (kvtorch calibrate)"}
+	deviceFlag = &cli.StringFlag{Name: "device", EnvVars: []string{"KVTORCH_DEVICE"},
+		Usage: "cpu, cuda or cuda:N (default: the device the model was traced for)"}
+	seqLenFlag = &cli.IntFlag{Name: "seq-len", Value: 512, EnvVars: []string{"KVTORCH_SEQ_LEN"},
+		Usage: "tokens per window (sequence); longer texts are cut into several"}
+	batchFlag = func(def int) *cli.IntFlag {
+		return &cli.IntFlag{Name: "batch-size", Value: def, EnvVars: []string{"KVTORCH_BATCH_SIZE"}, Usage: "windows (sequences) per forward pass"}
+	}
+	maxTokensFlag = &cli.IntFlag{Name: "max-tokens", EnvVars: []string{"KVTORCH_MAX_TOKENS"},
+		Usage: "measure at most this many predicted tokens (0: all the text; tokenization stops there)"}
+	contextFlag = &cli.IntFlag{Name: "context", Value: 4096, EnvVars: []string{"KVTORCH_CONTEXT"},
+		Usage: "context length at which compression ratios are counted (sink tokens cost full size)"}
+	sinksFlag = &cli.IntFlag{Name: "sinks", Value: kvtorch.DefaultSinks, EnvVars: []string{"KVTORCH_SINKS"},
+		Usage: "first tokens of every sequence kept uncompressed (attention sinks)"}
+	outputFlag = func(def, usage string) *cli.StringFlag {
+		return &cli.StringFlag{Name: "output", Aliases: []string{"o", "out"}, Value: def, EnvVars: []string{"KVTORCH_OUTPUT"}, Usage: usage}
+	}
+	quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"KVTORCH_QUIET"}, Usage: "no progress or summary on stderr"}
+	jsonFlag  = &cli.BoolFlag{Name: "json", EnvVars: []string{"KVTORCH_JSON"}, Usage: "print one JSON document on stdout"}
+	textsFlag = func(usage string) *cli.StringSliceFlag {
+		return &cli.StringSliceFlag{Name: "texts", Aliases: []string{"t"}, EnvVars: []string{"KVTORCH_TEXTS"}, Usage: usage}
+	}
+)
+
+// projectRoot finds the kvtorch checkout the binary belongs to (bin/kvtorch
+// -> the folder above), for the bundled reference model and texts; then the
+// working directory. KVTORCH_ROOT overrides both.
+func projectRoot() string {
+	if r := os.Getenv("KVTORCH_ROOT"); r != "" {
+		return r
+	}
+	var candidates []string
+	if exe, err := os.Executable(); err == nil {
+		if real, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = real
+		}
+		candidates = append(candidates, filepath.Dir(filepath.Dir(exe)))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		candidates = append(candidates, wd, filepath.Dir(wd), filepath.Dir(filepath.Dir(wd)))
+	}
+	for _, c := range candidates {
+		if _, err := os.Stat(filepath.Join(c, "testdata", "refmodel.json")); err == nil {
+			return c
+		}
+	}
+	return "."
+}
+
+// modelPath returns --model or the bundled reference model.
+func modelPath(c *cli.Context) (string, error) {
+	if p := c.String("model"); p != "" {
+		return p, nil
+	}
+	p := filepath.Join(projectRoot(), "build", "refmodel.pt")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("no --model given and the bundled reference model %s is missing (run `make deps`)", p)
+	}
+	return p, nil
+}
+
+// textPaths returns --texts or the bundled texts of kind ("calib" or "eval").
+func textPaths(c *cli.Context, kind string) []string {
+	if ps := c.StringSlice("texts"); len(ps) > 0 {
+		return ps
+	}
+	return []string{filepath.Join(projectRoot(), "testdata", kind)}
+}
+
+// openModel opens --model (or the bundled one) on --device.
+func openModel(c *cli.Context) (*kvtorch.Model, error) {
+	path, err := modelPath(c)
+	if err != nil {
+		return nil, err
+	}
+	return kvtorch.Open(path, kvtorch.OpenOptions{Device: c.String("device")})
+}
+
+// files lists the files behind input paths: folders' *.txt and *.jsonl, as
+// kvfile.ReadCorpus reads them ("-" is stdin and names no file).
+func files(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if p == "" || p == "-" {
+			continue
+		}
+		st, err := os.Stat(p)
+		if err != nil || !st.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && (strings.HasSuffix(path, ".txt") || strings.HasSuffix(path, ".jsonl")) {
+				out = append(out, path)
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// checkOutputs refuses, before any work starts, outputs that are an input
+// or another output (the same file by path, link or hard link), outputs in
+// a folder that does not exist, and outputs that exist but are not regular
+// files (a FIFO, /dev/null, a folder). outputs maps a flag to its path;
+// empty paths are unused outputs.
+func checkOutputs(inputs []string, outputs map[string]string) error {
+	type file struct {
+		what, path string
+		info       os.FileInfo
+	}
+	var in []file
+	for _, p := range inputs {
+		abs, _ := filepath.Abs(p)
+		st, _ := os.Stat(p)
+		in = append(in, file{"input " + p, abs, st})
+	}
+	var out []file
+	for flag, p := range outputs {
+		if p == "" {
+			continue
+		}
+		abs, _ := filepath.Abs(p)
+		dir := filepath.Dir(abs)
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return usagef("--%s %s: the folder %s does not exist", flag, p, dir)
+		}
+		st, err := os.Stat(p)
+		if err == nil && !st.Mode().IsRegular() {
+			return usagef("--%s %s: %s, not a file kvtorch may replace", flag, p, regfile.Describe(st.Mode()))
+		}
+		o := file{"--" + flag, abs, st}
+		for _, f := range append(in, out...) {
+			same := f.path == o.path || (f.info != nil && o.info != nil && os.SameFile(f.info, o.info))
+			if same {
+				return usagef("--%s %s is also %s: it would be overwritten; choose another name", flag, p, f.what)
+			}
+		}
+		out = append(out, o)
+	}
+	return nil
+}
+
+// readTexts reads a corpus, with stdin for "-".
+func readTexts(paths []string) (*kvfile.Corpus, error) {
+	return kvfile.ReadCorpus(paths, os.Stdin)
+}
+
+// resolveNear returns path as is when it exists (or is absolute), else
+// relative to the folder of the file ref (a preset next to its calibration).
+func resolveNear(path, ref string) string {
+	if filepath.IsAbs(path) {
+		return path
+	}
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	return filepath.Join(filepath.Dir(ref), path)
+}
+
+// nonNegative refuses negative values of integer flags (exit 2).
+func nonNegative(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if c.Int(n) < 0 {
+			return usagef("--%s %d: must not be negative", n, c.Int(n))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+// Package kvtorch is the workflow of kvtorch as a library: what the command
+// line does, in a few calls.
+//
+//	m, err := kvtorch.Open("model.pt", kvtorch.OpenOptions{})        // metadata, device, sha256, weights
+//	texts, err := kvfile.ReadCorpus([]string{"calib/"}, os.Stdin)
+//	res, err := kvtorch.Calibrate(ctx, m, texts, kvtorch.CalibrateOptions{}, progress)
+//	held, err := kvfile.ReadCorpus([]string{"heldout/"}, nil)
+//	s, err := kvtorch.NewSession(ctx, m, res.Calibration, kvtorch.Source{Path: "calib.pt", SHA256: sha}, held, kvtorch.EvalOptions{}, progress)
+//	preset, result, err := s.Tune(ctx, kvtorch.TuneOptions{Budget: 0.05, Bits: []int{16, 8, 4}})
+//	report, err := s.Check(ctx, preset, 0.05)                         // errors.Is(err, kvtorch.ErrOverBudget)
+//
+// The pieces underneath: compress (the compression setting and its bytes),
+// kvfile (files and texts, pure Go), calibration (the model on its device:
+// hooks, statistics, PCA, perplexity), tune (the search).
+package kvtorch
+
+import (
+	"errors"
+
+	"github.com/kvtorch/kvtorch/kvfile"
+)
+
+var (
+	// ErrMismatch marks files that do not belong together: a calibration or
+	// preset made for another model file, a preset and another calibration.
+	ErrMismatch = kvfile.ErrMismatch
+	// ErrOverBudget is returned by Session.Check when a preset's measured
+	// perplexity delta exceeds the budget.
+	ErrOverBudget = errors.New("perplexity delta over budget")
+	// ErrHeldOutIsCalibration refuses to tune on text the calibration was
+	// made from: the budget would not hold on new text.
+	ErrHeldOutIsCalibration = errors.New("held-out text is calibration text")
+	// ErrNoText marks input with no usable text.
+	ErrNoText = kvfile.ErrNoText
+)
+
+// Event reports progress of long work to a Progress function.
+type Event struct {
+	Task  string // "calibrate", "baseline", "measure", "probe", "check"
+	Label string // what is being measured
+	Done  int    // units done of Total in the current step
+	Total int
+	Unit  string // "tokens" or "windows"
+	Step  int    // measurement Step of about Steps (0: not a measurement)
+	Steps int
+	// Finished is set when a measurement ends: its perplexity and delta.
+	Finished    bool
+	PPL, Delta  float64
+	Ratio       float64
+	WithinGiven bool // the measurement is within the budget it was measured against
+}
+
+// Progress receives Events; nil reports nothing.
+type Progress func(Event)
+
+func (p Progress) send(e Event) {
+	if p != nil {
+		p(e)
+	}
+}

@@ -1,0 +1,163 @@
+package kvtorch
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
+	"github.com/kvtorch/kvtorch/internal/regfile"
+	"github.com/kvtorch/kvtorch/torch"
+)
+
+// Model is a kvtorch model opened once: its metadata, the device it runs on,
+// the sha256 of its file, and the TorchScript module checked against the
+// model contract.
+type Model struct {
+	*calibration.Model
+	SHA256 string
+}
+
+// OpenOptions say how to open a model.
+type OpenOptions struct {
+	// Device is cpu, cuda or cuda:N; empty means the device the model was
+	// traced for. A traced file runs only on the device type it was traced
+	// for, so another type is refused.
+	Device string
+	// HashCache is the file remembering sha256s by path, size and
+	// modification time ("" = KVTORCH_HOME/sha256-cache.json, "-" = none).
+	HashCache string
+}
+
+// Open reads a model's metadata, chooses its device, hashes its file (once;
+// the hash is remembered by path, size and modification time) and loads it.
+func Open(path string, o OpenOptions) (*Model, error) {
+	if err := regfile.Check(path); err != nil {
+		return nil, fmt.Errorf("kvtorch: model: %w", err)
+	}
+	md, err := calibration.ReadMetadata(path)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := ChooseDevice(o.Device, md.Device)
+	if err != nil {
+		return nil, err
+	}
+	sha, err := HashFile(path, o.HashCache)
+	if err != nil {
+		return nil, fmt.Errorf("kvtorch: model: %w", err)
+	}
+	m, err := calibration.LoadModel(path, md, dev)
+	if err != nil {
+		return nil, err
+	}
+	return &Model{Model: m, SHA256: sha}, nil
+}
+
+// ChooseDevice resolves a requested device against the one a model was
+// traced for (a traced file runs only there): "" means the traced device;
+// another device type is an error that says how to export for it.
+func ChooseDevice(requested, traced string) (torch.Device, error) {
+	if traced == "" {
+		traced = "cpu"
+	}
+	tdev, err := torch.ParseDevice(traced)
+	if err != nil {
+		return torch.Device{}, fmt.Errorf("kvtorch: model metadata: %w", err)
+	}
+	dev := tdev
+	if requested != "" {
+		if dev, err = torch.ParseDevice(requested); err != nil {
+			return torch.Device{}, fmt.Errorf("kvtorch: %w", err)
+		}
+		if dev.Type != tdev.Type {
+			return torch.Device{}, fmt.Errorf("kvtorch: the model was traced for %s and runs only there, not on %s (export it again with --device %s)", traced, dev, dev)
+		}
+	}
+	if err := dev.Check(); err != nil {
+		return torch.Device{}, fmt.Errorf("kvtorch: %w", err)
+	}
+	return dev, nil
+}
+
+// Home is kvtorch's folder for what it keeps between runs: KVTORCH_HOME, or
+// ~/.cache/kvtorch.
+func Home() string {
+	if h := os.Getenv("KVTORCH_HOME"); h != "" {
+		return h
+	}
+	if c, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(c, "kvtorch")
+	}
+	return filepath.Join(os.TempDir(), "kvtorch")
+}
+
+var hashMu sync.Mutex
+
+type hashEntry struct {
+	Size   int64  `json:"size"`
+	MTime  int64  `json:"mtime_ns"`
+	SHA256 string `json:"sha256"`
+}
+
+// HashFile returns the sha256 of a regular file, remembered in cache (a JSON
+// file; "" = Home()/sha256-cache.json, "-" = no cache) by absolute path,
+// size and modification time: a 15 GB model is hashed once, not by every
+// command.
+func HashFile(path, cache string) (string, error) {
+	f, err := regfile.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if cache == "" {
+		cache = filepath.Join(Home(), "sha256-cache.json")
+	}
+	abs, _ := filepath.Abs(path)
+	entry := hashEntry{Size: st.Size(), MTime: st.ModTime().UnixNano()}
+	if cache != "-" {
+		hashMu.Lock()
+		known := readHashCache(cache)
+		hashMu.Unlock()
+		if e, ok := known[abs]; ok && e.Size == entry.Size && e.MTime == entry.MTime && len(e.SHA256) == 64 {
+			return e.SHA256, nil
+		}
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	entry.SHA256 = hex.EncodeToString(h.Sum(nil))
+	if cache != "-" {
+		hashMu.Lock()
+		defer hashMu.Unlock()
+		known := readHashCache(cache)
+		known[abs] = entry
+		if os.MkdirAll(filepath.Dir(cache), 0o755) == nil { // best effort: a cache that cannot be written only costs time
+			atomicfile.Write(cache, func(w io.Writer) error { return json.NewEncoder(w).Encode(known) })
+		}
+	}
+	return entry.SHA256, nil
+}
+
+func readHashCache(path string) map[string]hashEntry {
+	known := map[string]hashEntry{}
+	if f, err := regfile.Open(path); err == nil {
+		json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&known)
+		f.Close()
+	}
+	if len(known) > 10000 { // never grows without bound
+		known = map[string]hashEntry{}
+	}
+	return known
+}

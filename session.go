@@ -1,0 +1,390 @@
+package kvtorch
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/tune"
+)
+
+// Source names a calibration: the path it was read from and its sha256.
+type Source struct {
+	Path   string
+	SHA256 string
+}
+
+// EvalOptions say how perplexity is measured. Zero values take the defaults.
+type EvalOptions struct {
+	SeqLen      int // tokens per window (512)
+	MaxTokens   int // predicted tokens at most (0: all the text)
+	BatchSize   int // windows per forward pass (4)
+	Context     int // the context length compression ratios are counted at (4096)
+	ProbeTokens int // predicted tokens of the small sample tune probes on (2 windows)
+}
+
+func (o *EvalOptions) defaults() error {
+	if o.SeqLen == 0 {
+		o.SeqLen = 512
+	}
+	if o.BatchSize == 0 {
+		o.BatchSize = 4
+	}
+	if o.Context == 0 {
+		o.Context = compress.DefaultContext
+	}
+	if o.ProbeTokens == 0 {
+		o.ProbeTokens = 2 * (o.SeqLen - 1)
+	}
+	switch {
+	case o.SeqLen < 2:
+		return fmt.Errorf("%w: seq-len %d: at least 2", compress.ErrInvalid, o.SeqLen)
+	case o.MaxTokens < 0:
+		return fmt.Errorf("%w: max tokens %d (0 means all)", compress.ErrInvalid, o.MaxTokens)
+	case o.BatchSize < 1:
+		return fmt.Errorf("%w: batch size %d: at least 1", compress.ErrInvalid, o.BatchSize)
+	case o.Context < 1:
+		return fmt.Errorf("%w: context length %d", compress.ErrInvalid, o.Context)
+	case o.ProbeTokens < 1:
+		return fmt.Errorf("%w: probe tokens %d", compress.ErrInvalid, o.ProbeTokens)
+	}
+	return nil
+}
+
+// Session measures compression settings of one model and calibration on
+// held-out text: the baseline once, then any setting (measurements are
+// remembered). It implements tune.Evaluator.
+type Session struct {
+	Model       *Model
+	Calibration *kvfile.Calibration
+	Source      Source
+	Windows     *kvfile.Windows
+	Baseline    float64
+	Options     EvalOptions
+	// Evaluations and Probes count the measurements made (the baseline is
+	// an evaluation).
+	Evaluations, Probes int
+
+	texts         *kvfile.Corpus
+	progress      Progress
+	step, steps   int // numbering of measurements in progress events
+	seen          map[string]float64
+	probeWindows  *kvfile.Windows
+	probeBaseline float64
+	probeSeen     map[string]float64
+}
+
+// NewSession checks that the calibration is the model's, cuts the held-out
+// text into windows and measures the baseline (uncompressed) perplexity.
+func NewSession(ctx context.Context, m *Model, cal *kvfile.Calibration, src Source, texts *kvfile.Corpus, o EvalOptions, progress Progress) (*Session, error) {
+	if err := o.defaults(); err != nil {
+		return nil, fmt.Errorf("kvtorch: %w", err)
+	}
+	if o.SeqLen > m.Meta.MaxPositions {
+		return nil, fmt.Errorf("kvtorch: %w: seq-len %d exceeds the model's %d positions", compress.ErrInvalid, o.SeqLen, m.Meta.MaxPositions)
+	}
+	if err := Matches(m, cal); err != nil {
+		return nil, err
+	}
+	w, err := texts.NewWindows(m.Tokenizer, m.Meta.VocabSize, m.EOS(), o.SeqLen, o.MaxTokens)
+	if err != nil {
+		return nil, fmt.Errorf("kvtorch: %w", err)
+	}
+	s := &Session{Model: m, Calibration: cal, Source: src, Windows: w, Options: o, texts: texts, progress: progress,
+		seen: map[string]float64{}, probeSeen: map[string]float64{}}
+	base := compress.Uncompressed(m.Geometry())
+	if err := calibration.Apply(m.Model, cal, base); err != nil {
+		return nil, err
+	}
+	if s.Baseline, err = s.perplexity(ctx, "baseline", "uncompressed", w); err != nil {
+		return nil, err
+	}
+	s.Evaluations = 1
+	s.seen[base.Key()] = s.Baseline
+	return s, nil
+}
+
+// Matches checks that a calibration was made from the model file.
+func Matches(m *Model, cal *kvfile.Calibration) error {
+	switch {
+	case cal.Model.SHA256 != m.SHA256:
+		return fmt.Errorf("kvtorch: %w: the calibration is of model %s (sha256 %.12s…), not of %s (sha256 %.12s…)",
+			ErrMismatch, cal.Model.File, cal.Model.SHA256, m.Path, m.SHA256)
+	case cal.Geometry != m.Geometry():
+		return fmt.Errorf("kvtorch: %w: the calibration's cache shape (%v) is not the model's (%v)", ErrMismatch, cal.Geometry, m.Geometry())
+	}
+	return nil
+}
+
+// SetSteps numbers the measurements that follow in progress events: the
+// next is step 1 of about n.
+func (s *Session) SetSteps(n int) { s.step, s.steps = 0, n }
+
+func (s *Session) perplexity(ctx context.Context, task, label string, w *kvfile.Windows) (float64, error) {
+	s.step++
+	ev := Event{Task: task, Label: label, Total: len(w.Windows), Unit: "windows", Step: s.step, Steps: max(s.steps, s.step)}
+	s.progress.send(ev)
+	ppl, err := calibration.Perplexity(ctx, s.Model.Model, w, s.Options.BatchSize, func(done int) {
+		e := ev
+		e.Done = done
+		s.progress.send(e)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return ppl, nil
+}
+
+// Measurement is a measured setting.
+type Measurement struct {
+	Label string
+	PPL   float64
+	Delta float64 // PPL / baseline − 1
+	Ratio float64 // compression of the whole cache at the context length
+}
+
+// Measure applies setting st and measures its perplexity delta on the
+// held-out windows (remembered: the same setting is measured once).
+func (s *Session) Measure(ctx context.Context, st compress.Setting, label string) (float64, error) {
+	m, err := s.MeasureSetting(ctx, st, label)
+	return m.Delta, err
+}
+
+// MeasureSetting is Measure with the whole measurement.
+func (s *Session) MeasureSetting(ctx context.Context, st compress.Setting, label string) (Measurement, error) {
+	g := s.Model.Geometry()
+	if st.Sinks >= s.Windows.SeqLen {
+		return Measurement{}, fmt.Errorf("kvtorch: %w: %d sink tokens leave nothing of windows of %d", compress.ErrInvalid, st.Sinks, s.Windows.SeqLen)
+	}
+	key := st.Key()
+	ppl, ok := s.seen[key]
+	if !ok {
+		if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
+			return Measurement{}, err
+		}
+		var err error
+		if ppl, err = s.perplexity(ctx, "measure", label, s.Windows); err != nil {
+			return Measurement{}, err
+		}
+		s.Evaluations++
+		s.seen[key] = ppl
+	}
+	m := Measurement{Label: label, PPL: ppl, Delta: ppl/s.Baseline - 1, Ratio: st.Ratio(g, s.Options.Context)}
+	if !ok {
+		s.progress.send(Event{Task: "measure", Label: label, Step: s.step, Steps: max(s.steps, s.step), Finished: true,
+			PPL: m.PPL, Delta: m.Delta, Ratio: m.Ratio})
+	}
+	return m, nil
+}
+
+// Probe measures setting st on a small sample of the held-out windows (the
+// first ProbeTokens predicted tokens): a cheap proxy, for tune's probes.
+func (s *Session) Probe(ctx context.Context, st compress.Setting, label string) (float64, error) {
+	if s.probeWindows == nil {
+		n := max(s.Options.ProbeTokens/(s.Windows.SeqLen-1), 1)
+		pw := *s.Windows
+		pw.Windows = s.Windows.Windows[:min(n, len(s.Windows.Windows))]
+		s.probeWindows = &pw
+		if err := calibration.Apply(s.Model.Model, s.Calibration, compress.Uncompressed(s.Model.Geometry())); err != nil {
+			return 0, err
+		}
+		var err error
+		if s.probeBaseline, err = s.perplexity(ctx, "probe", "baseline of the probe sample", s.probeWindows); err != nil {
+			return 0, err
+		}
+	}
+	key := st.Key()
+	ppl, ok := s.probeSeen[key]
+	if !ok {
+		if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
+			return 0, err
+		}
+		var err error
+		if ppl, err = s.perplexity(ctx, "probe", label, s.probeWindows); err != nil {
+			return 0, err
+		}
+		s.Probes++
+		s.probeSeen[key] = ppl
+	}
+	return ppl/s.probeBaseline - 1, nil
+}
+
+// Report is a preset checked on held-out text.
+type Report struct {
+	Preset      string
+	Budget      float64
+	Baseline    float64
+	Measurement Measurement
+	SeqLen      int
+	Tokens      int
+	EvalSHA256  string
+	Pass        bool
+	Reason      string
+}
+
+// CheckPreset verifies that a preset was made for this model and
+// calibration, and that its measured perplexity delta is within budget:
+// ErrMismatch or ErrOverBudget otherwise (the report is filled either way,
+// as far as it got).
+func (s *Session) CheckPreset(ctx context.Context, p *kvfile.Preset, budget float64) (Report, error) {
+	r := Report{Budget: budget, Baseline: s.Baseline, SeqLen: s.Windows.SeqLen, Tokens: s.Windows.Tokens(), EvalSHA256: s.Windows.SHA256}
+	if err := s.PresetMatches(p); err != nil {
+		r.Reason = err.Error()
+		return r, err
+	}
+	m, err := s.MeasureSetting(ctx, p.Setting(), "preset")
+	if err != nil {
+		return r, err
+	}
+	r.Measurement = m
+	if m.Delta > budget {
+		r.Reason = fmt.Sprintf("perplexity delta %+.2f%% exceeds the budget %+.2f%% (%.4f -> %.4f, seq-len %d, %d tokens)",
+			100*m.Delta, 100*budget, s.Baseline, m.PPL, s.Windows.SeqLen, s.Windows.Tokens())
+		return r, fmt.Errorf("kvtorch: %w: %s", ErrOverBudget, r.Reason)
+	}
+	r.Pass = true
+	return r, nil
+}
+
+// PresetMatches checks that a preset was made for the session's model file
+// and calibration file (by sha256) and its cache shape.
+func (s *Session) PresetMatches(p *kvfile.Preset) error {
+	switch {
+	case p.ModelSHA256 != s.Model.SHA256:
+		return fmt.Errorf("kvtorch: %w: model %s has sha256 %.12s…, the preset was made for %.12s…", ErrMismatch, s.Model.Path, s.Model.SHA256, p.ModelSHA256)
+	case p.CalibrationSHA256 != s.Source.SHA256:
+		return fmt.Errorf("kvtorch: %w: calibration %s has sha256 %.12s…, the preset was made with %.12s…", ErrMismatch, s.Source.Path, s.Source.SHA256, p.CalibrationSHA256)
+	case p.Geometry() != s.Model.Geometry():
+		return fmt.Errorf("kvtorch: %w: the preset's cache shape (%v) is not the model's (%v)", ErrMismatch, p.Geometry(), s.Model.Geometry())
+	}
+	return nil
+}
+
+// TuneOptions say what to search.
+type TuneOptions struct {
+	Budget  float64 // perplexity delta allowed (0.05: +5%)
+	Target  compress.Target
+	Bits    []int          // latent bits allowed (16 unless given)
+	Basis   compress.Basis // Joint unless asked otherwise
+	Sinks   int            // tokens kept exact (DefaultSinks; -1: none)
+	Uniform bool           // the old tool's search instead: one per-head rank over its grid
+	// Checks are more held-out texts (another kind than the session's) the
+	// chosen setting is also measured on; their results go into the preset.
+	Checks []*kvfile.Corpus
+	// MaxEvaluations bounds the full measurements of the search (12).
+	MaxEvaluations int
+}
+
+// Tune searches the setting that compresses most within the budget,
+// measures it, and returns it as a preset with every candidate measured.
+// The held-out text must not be calibration text (ErrHeldOutIsCalibration).
+func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune.Result, error) {
+	if err := s.HeldOut(); err != nil {
+		return nil, tune.Result{}, err
+	}
+	if o.Budget <= 0 {
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: budget %v", compress.ErrInvalid, o.Budget)
+	}
+	if o.Target == (compress.Target{}) {
+		o.Target = compress.Target{true, true}
+	}
+	if len(o.Bits) == 0 {
+		o.Bits = []int{16}
+	}
+	if o.Basis == "" {
+		o.Basis = compress.Joint
+	}
+	if o.Sinks == 0 {
+		o.Sinks = DefaultSinks
+	}
+	o.Sinks = max(o.Sinks, 0)
+	if o.Basis == compress.Joint && !s.Calibration.HasJoint() {
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune with --basis head", ErrMismatch)
+	}
+	start := time.Now()
+	topts := tune.Options{Geometry: s.Model.Geometry(), Spectra: tune.SpectraOf(s.Calibration), Target: o.Target, Bits: o.Bits,
+		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations}
+	var res tune.Result
+	var err error
+	method := "proxy-probed sensitivity, Lagrangian rank/bits allocation, measured rescaling"
+	if o.Uniform {
+		method = "uniform per-head rank grid (the old tool's search)"
+		s.SetSteps(len(o.Bits) * 7)
+		res, err = tune.Uniform(ctx, s, topts)
+	} else {
+		sides := 0
+		for _, on := range o.Target {
+			if on {
+				sides += s.Model.Meta.NLayers
+			}
+		}
+		s.SetSteps(1 + sides + len(o.Bits) + 6)
+		res, err = tune.Search(ctx, s, topts)
+	}
+	if err != nil {
+		return nil, res, err
+	}
+	best, err := s.MeasureSetting(ctx, res.Best.Setting, "chosen")
+	if err != nil {
+		return nil, res, err
+	}
+	p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
+		KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
+		s.Model.Geometry(), res.Best.Setting, o.Target, s.Options.Context, s.Baseline, best.PPL, s.Windows.Info())
+	p.TargetPPLDelta = &o.Budget
+	for _, c := range o.Checks {
+		m, err := s.MeasureOn(ctx, c, res.Best.Setting)
+		if err != nil {
+			return nil, res, err
+		}
+		p.Checks = append(p.Checks, m)
+	}
+	p.Search = &kvfile.SearchInfo{Method: method, Evaluations: s.Evaluations, Proxies: s.Probes, Seconds: int(time.Since(start).Seconds())}
+	return p, res, nil
+}
+
+// HeldOut refuses held-out text that is also calibration text.
+func (s *Session) HeldOut() error {
+	cal := map[string]string{}
+	for _, t := range s.Calibration.Texts {
+		cal[t.SHA256] = t.Path
+	}
+	for _, f := range s.Windows.Files {
+		if p, ok := cal[f.SHA256]; ok {
+			return fmt.Errorf("kvtorch: %w: %s is also calibration text (%s): tune measures on held-out text only", ErrHeldOutIsCalibration, f.Path, p)
+		}
+	}
+	return nil
+}
+
+// MeasureOn measures a setting and the baseline on other held-out text, with
+// the session's window length and token limit.
+func (s *Session) MeasureOn(ctx context.Context, texts *kvfile.Corpus, st compress.Setting) (kvfile.Measurement, error) {
+	w, err := texts.NewWindows(s.Model.Tokenizer, s.Model.Meta.VocabSize, s.Model.EOS(), s.Options.SeqLen, s.Options.MaxTokens)
+	if err != nil {
+		return kvfile.Measurement{}, fmt.Errorf("kvtorch: %w", err)
+	}
+	if err := calibration.Apply(s.Model.Model, s.Calibration, compress.Uncompressed(s.Model.Geometry())); err != nil {
+		return kvfile.Measurement{}, err
+	}
+	name := "other held-out text"
+	if len(w.Files) > 0 {
+		name = filepath.Base(w.Files[0].Path)
+	}
+	base, err := s.perplexity(ctx, "check", "baseline on "+name, w)
+	if err != nil {
+		return kvfile.Measurement{}, err
+	}
+	if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
+		return kvfile.Measurement{}, err
+	}
+	comp, err := s.perplexity(ctx, "check", "chosen setting on "+name, w)
+	if err != nil {
+		return kvfile.Measurement{}, err
+	}
+	return kvfile.Measurement{EvalInfo: w.Info(), BaselinePPL: base, CompressedPPL: comp, PPLDelta: comp/base - 1}, nil
+}
