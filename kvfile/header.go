@@ -190,6 +190,10 @@ func (r *reader) floats(d *pt.Dict, key string, shape ...int64) []float64 {
 		r.fail("tensor %q has shape %v, want %v", key, t.Shape, shape)
 		return nil
 	}
+	if t.Numel() > t.Storage.Numel() { // a view repeating elements (stride 0): kvtorch never writes one
+		r.fail("tensor %q reads %d elements from a storage of %d", key, t.Numel(), t.Storage.Numel())
+		return nil
+	}
 	f, err := t.Float64s()
 	if err != nil {
 		r.fail("tensor %q: %v", key, err)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The unpickler: a stack machine over the opcodes torch.save emits (and a few
@@ -500,45 +501,91 @@ func intTuple(v any) ([]int64, error) {
 
 const maxDepth = 1000
 
-// finish turns unpickling objects into the package's value types: lists
-// become []any. Self-referencing (cyclic) values are refused by the depth limit.
-func finish(v any, depth int) (any, error) {
-	if depth > maxDepth {
-		return nil, errPickle("value nested deeper than %d levels (cyclic?)", maxDepth)
-	}
+// finisher turns unpickling objects into the package's value types (lists
+// become []any). A value the pickle references many times (through its memo)
+// is finished once and shared: a "billion laughs" pickle of repeated
+// references stays as small as the file. Self-referencing (cyclic) values
+// are refused.
+type finisher struct {
+	done   map[any]any
+	active map[any]bool
+}
+
+// identity is a shared value's identity: the pointer of a list or dict, the
+// backing array of a tuple (tuples are immutable slices shared by the memo).
+func identity(v any) (any, bool) {
 	switch x := v.(type) {
 	case *pyList:
-		out := make([]any, len(x.items))
+		return x, true
+	case *Dict:
+		return x, true
+	case Tuple:
+		if len(x) > 0 {
+			return unsafe.SliceData(x), true
+		}
+	}
+	return nil, false
+}
+
+func finish(v any, depth int) (any, error) {
+	f := &finisher{done: map[any]any{}, active: map[any]bool{}}
+	return f.finish(v, depth)
+}
+
+func (f *finisher) finish(v any, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, errPickle("value nested deeper than %d levels", maxDepth)
+	}
+	id, shared := identity(v)
+	if shared {
+		if out, ok := f.done[id]; ok {
+			return out, nil
+		}
+		if f.active[id] {
+			return nil, errPickle("a value contains itself (cyclic)")
+		}
+		f.active[id] = true
+		defer delete(f.active, id)
+	}
+	var out any
+	switch x := v.(type) {
+	case *pyList:
+		items := make([]any, len(x.items))
 		for i, e := range x.items {
 			var err error
-			if out[i], err = finish(e, depth+1); err != nil {
+			if items[i], err = f.finish(e, depth+1); err != nil {
 				return nil, err
 			}
 		}
-		return out, nil
+		out = items
 	case Tuple:
-		out := make(Tuple, len(x))
+		items := make(Tuple, len(x))
 		for i, e := range x {
 			var err error
-			if out[i], err = finish(e, depth+1); err != nil {
+			if items[i], err = f.finish(e, depth+1); err != nil {
 				return nil, err
 			}
 		}
-		return out, nil
+		out = items
 	case *Dict:
-		out := &Dict{}
+		d := &Dict{}
 		for _, it := range x.items {
-			fv, err := finish(it.Value, depth+1)
+			fv, err := f.finish(it.Value, depth+1)
 			if err != nil {
 				return nil, err
 			}
-			out.Set(it.Key, fv)
+			d.Set(it.Key, fv)
 		}
-		return out, nil
+		out = d
 	case nil, bool, int64, float64, string, *Tensor:
 		return v, nil
+	default:
+		return nil, errPickle("a bare %s is not a value (e.g. a storage outside a tensor)", typeName(v))
 	}
-	return nil, errPickle("a bare %s is not a value (e.g. a storage outside a tensor)", typeName(v))
+	if shared {
+		f.done[id] = out
+	}
+	return out, nil
 }
 
 func typeName(v any) string {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // encoder writes a value tree as a protocol-2 pickle in torch.save's style and
@@ -17,6 +18,57 @@ type encoder struct {
 	storages []*Storage       // in key order: storage i has key strconv.Itoa(i)
 	keys     map[*Storage]int // shared storages are written once
 	depth    int
+	refs     map[any]int    // references to each container (by identity), counted first
+	memo     map[any]uint32 // containers referenced more than once: written once, then recalled
+}
+
+// containerID is a container value's identity: a dict's pointer, a slice's
+// backing array (none for empty slices).
+func containerID(v any) (any, bool) {
+	switch x := v.(type) {
+	case *Dict:
+		return x, x != nil
+	case Tuple:
+		if len(x) > 0 {
+			return unsafe.SliceData(x), true
+		}
+	case []any:
+		if len(x) > 0 {
+			return unsafe.SliceData(x), true
+		}
+	}
+	return nil, false
+}
+
+// countRefs counts references to the containers of v, visiting each once:
+// a value that shares containers (as a decoded pickle's memo does) is
+// written with the memo again, so it stays as small as it is in memory.
+func (e *encoder) countRefs(v any, depth int) {
+	if depth > maxEncodeDepth {
+		return // value reports the depth error
+	}
+	id, ok := containerID(v)
+	if !ok {
+		return
+	}
+	e.refs[id]++
+	if e.refs[id] > 1 {
+		return
+	}
+	switch x := v.(type) {
+	case *Dict:
+		for _, it := range x.items {
+			e.countRefs(it.Value, depth+1)
+		}
+	case Tuple:
+		for _, it := range x {
+			e.countRefs(it, depth+1)
+		}
+	case []any:
+		for _, it := range x {
+			e.countRefs(it, depth+1)
+		}
+	}
 }
 
 const maxEncodeDepth = 1000
@@ -197,6 +249,19 @@ func (e *encoder) value(v any) error {
 	if e.depth > maxEncodeDepth {
 		return fmt.Errorf("pt: value nested deeper than %d levels", maxEncodeDepth)
 	}
+	if id, ok := containerID(v); ok && e.refs[id] > 1 {
+		if idx, done := e.memo[id]; done {
+			e.op(opLongBinGet)
+			e.buf.Write(binary.LittleEndian.AppendUint32(nil, idx))
+			return nil
+		}
+		defer func() { // after the container is complete on the stack
+			idx := uint32(len(e.memo))
+			e.memo[id] = idx
+			e.op(opLongBinPut)
+			e.buf.Write(binary.LittleEndian.AppendUint32(nil, idx))
+		}()
+	}
 	switch x := v.(type) {
 	case nil:
 		e.op(opNone)
@@ -263,7 +328,8 @@ func toAny[T any](xs []T) []any {
 
 // encodePickle returns data.pkl for v and the storages it refers to.
 func encodePickle(v any) ([]byte, []*Storage, error) {
-	e := &encoder{keys: map[*Storage]int{}}
+	e := &encoder{keys: map[*Storage]int{}, refs: map[any]int{}, memo: map[any]uint32{}}
+	e.countRefs(v, 0)
 	e.buf.Write([]byte{opProto, 2})
 	if err := e.value(v); err != nil {
 		return nil, nil, err

@@ -20,6 +20,13 @@ func FuzzRead(f *testing.F) {
 	f.Add(archiveOf([]byte("\x80\x02]q\x00h\x00a.")))
 	f.Add([]byte("PK\x05\x06" + string(make([]byte, 18))))
 	f.Add(legacyMagic)
+	// The hostile files of issue 14: repeated memo references, a cycle,
+	// expanded (stride-0) views.
+	f.Add(laughs(40))
+	f.Add(archiveOf([]byte("\x80\x02]r\x00\x00\x00\x00j\x00\x00\x00\x00a.")))
+	f.Add(archiveOf(tensorPickle(1, []int64{1, 1 << 30, 1 << 30}, []int64{0, 0, 0}), make([]byte, 4)))
+	f.Add(archiveOf(tensorPickle(1, []int64{3, 1 << 62}, []int64{0, 0}), make([]byte, 4)))
+	f.Add(archiveOf(tensorPickle(1, []int64{1 << 20}, []int64{0}), make([]byte, 4)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := Read(bytes.NewReader(data), int64(len(data)))
 		if err != nil {

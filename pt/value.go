@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"unsafe"
 )
 
@@ -98,6 +99,12 @@ type Tensor struct {
 	Stride       []int64 // in elements, one per dimension
 	RequiresGrad bool
 }
+
+// MaxElements bounds the elements of a tensor view (which may repeat its
+// storage's through zero strides): about 4 billion, more than any real
+// tensor; beyond it (and where the count overflows, as torch.load refuses)
+// a file is refused rather than read.
+const MaxElements = 1 << 32
 
 // DType is the tensor's element type (its storage's).
 func (t *Tensor) DType() DType { return t.Storage.DType }
@@ -209,10 +216,23 @@ func (t *Tensor) Validate() error {
 	if t.Offset < 0 {
 		return fmt.Errorf("pt: negative storage offset %d", t.Offset)
 	}
+	numel := int64(1)
+	for _, s := range t.Shape {
+		if s < 0 {
+			return fmt.Errorf("pt: negative size in %v", t.Shape)
+		}
+		if s > 0 && numel > MaxElements/s {
+			if slices.Contains(t.Shape, 0) {
+				return nil // empty: touches nothing
+			}
+			return fmt.Errorf("pt: tensor of shape %v has more than %d elements", t.Shape, int64(MaxElements))
+		}
+		numel *= s
+	}
 	last := t.Offset // highest element index touched
 	for i, s := range t.Shape {
-		if s < 0 || t.Stride[i] < 0 {
-			return fmt.Errorf("pt: negative size or stride in %v / %v", t.Shape, t.Stride)
+		if t.Stride[i] < 0 {
+			return fmt.Errorf("pt: negative stride in %v", t.Stride)
 		}
 		if s == 0 {
 			return nil // empty: touches nothing

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/zip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -48,7 +49,8 @@ func inspectAction(c *cli.Context) error {
 	}
 	w := c.App.Writer
 	if c.Bool("json") {
-		v, err := jsonValue(f.Value, c.Bool("stats"))
+		budget := maxShown
+		v, err := jsonValue(f.Value, c.Bool("stats"), &budget)
 		if err != nil {
 			return err
 		}
@@ -59,17 +61,33 @@ func inspectAction(c *cli.Context) error {
 		})
 	}
 	fmt.Fprintf(w, "%s: torch.save archive %q, %d storages, %s\n", path, f.Archive, f.Storages, humanBytes(f.StorageBytes))
-	p := &treePrinter{w: w, stats: c.Bool("stats"), maxItems: c.Int("max-items")}
-	return p.print("", f.Value, 0)
+	p := &treePrinter{w: w, stats: c.Bool("stats"), maxItems: c.Int("max-items"), budget: maxShown}
+	err = p.print("", f.Value, 0)
+	if errors.Is(err, errTooLarge) {
+		fmt.Fprintf(w, "… stopped after %d lines: the value repeats shared parts more often than that\n", maxShown)
+		return nil
+	}
+	return err
 }
+
+// maxShown bounds what inspect prints: a pickle can reference one value
+// many times (sharing it), and printed out in full, 40 levels of pairs are
+// 2^40 lines.
+const maxShown = 100000
+
+var errTooLarge = errors.New("inspect: the value expands to more than 100000 items (it repeats shared parts)")
 
 type treePrinter struct {
 	w        io.Writer
 	stats    bool
 	maxItems int
+	budget   int
 }
 
 func (p *treePrinter) print(label string, v any, depth int) error {
+	if p.budget--; p.budget < 0 {
+		return errTooLarge
+	}
 	indent := strings.Repeat("  ", depth)
 	if label != "" {
 		label += ": "
@@ -144,14 +162,18 @@ func (p *treePrinter) seq(line, kind string, xs []any, depth int) error {
 	return nil
 }
 
-// jsonValue describes v for --json. Non-finite floats become strings
-// ("NaN", "+Inf", "-Inf"), which JSON cannot hold as numbers.
-func jsonValue(v any, stats bool) (any, error) {
+// jsonValue describes v for --json, at most *budget items. Non-finite
+// floats become strings ("NaN", "+Inf", "-Inf"), which JSON cannot hold as
+// numbers.
+func jsonValue(v any, stats bool, budget *int) (any, error) {
+	if *budget--; *budget < 0 {
+		return nil, errTooLarge
+	}
 	switch x := v.(type) {
 	case *pt.Dict:
 		items := []any{}
 		for _, it := range x.Items() {
-			jv, err := jsonValue(it.Value, stats)
+			jv, err := jsonValue(it.Value, stats, budget)
 			if err != nil {
 				return nil, err
 			}
@@ -167,7 +189,7 @@ func jsonValue(v any, stats bool) (any, error) {
 		}
 		items := make([]any, len(xs))
 		for i, e := range xs {
-			jv, err := jsonValue(e, stats)
+			jv, err := jsonValue(e, stats, budget)
 			if err != nil {
 				return nil, err
 			}
