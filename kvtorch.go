@@ -43,11 +43,13 @@ type Event struct {
 	Unit  string // "tokens" or "windows"
 	Step  int    // measurement Step of about Steps (0: not a measurement)
 	Steps int
-	// Finished is set when a measurement ends: its perplexity and delta.
-	Finished    bool
-	PPL, Delta  float64
-	Ratio       float64
-	WithinGiven bool // the measurement is within the budget it was measured against
+	// Finished is set when a measurement ends: its perplexity and delta
+	// (a probe: the KL divergence from the uncompressed model, in nats per
+	// token), and the setting's compression ratio.
+	Finished   bool
+	PPL, Delta float64
+	KL         float64
+	Ratio      float64
 }
 
 // Progress receives Events; nil reports nothing.

@@ -9,6 +9,7 @@ import (
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/torch"
 	"github.com/kvtorch/kvtorch/tune"
 )
 
@@ -69,13 +70,20 @@ type Session struct {
 	// an evaluation).
 	Evaluations, Probes int
 
-	texts         *kvfile.Corpus
-	progress      Progress
-	step, steps   int // numbering of measurements in progress events
-	seen          map[string]float64
-	probeWindows  *kvfile.Windows
-	probeBaseline float64
-	probeSeen     map[string]float64
+	texts        *kvfile.Corpus
+	progress     Progress
+	step, steps  int // numbering of measurements in progress events
+	seen         map[string]float64
+	probeWindows [][]int
+	probeBase    []*torch.Tensor // the uncompressed model's log-probabilities on probeWindows
+	probeSeen    map[string]float64
+}
+
+// Close frees the model and what the session keeps on its device.
+func (s *Session) Close() error {
+	calibration.CloseAll(s.probeBase)
+	s.probeBase = nil
+	return s.Model.Close()
 }
 
 // NewSession checks that the calibration is the model's, cuts the held-out
@@ -181,36 +189,48 @@ func (s *Session) MeasureSetting(ctx context.Context, st compress.Setting, label
 	return m, nil
 }
 
-// Probe measures setting st on a small sample of the held-out windows (the
-// first ProbeTokens predicted tokens): a cheap proxy, for tune's probes.
+// Probe measures how far setting st moves the model's next-token
+// distributions on a small sample of the held-out windows (ProbeTokens
+// predicted tokens, windows spread evenly over the text): the mean KL
+// divergence from the uncompressed model, in nats per token. It is a cheap
+// proxy of the perplexity cost (for small changes, Δ log perplexity ≈ KL),
+// and unlike a perplexity difference on few tokens it is never negative.
 func (s *Session) Probe(ctx context.Context, st compress.Setting, label string) (float64, error) {
-	if s.probeWindows == nil {
-		n := max(s.Options.ProbeTokens/(s.Windows.SeqLen-1), 1)
-		pw := *s.Windows
-		pw.Windows = s.Windows.Windows[:min(n, len(s.Windows.Windows))]
-		s.probeWindows = &pw
+	if s.probeBase == nil {
+		all := s.Windows.Windows
+		n := min(max(s.Options.ProbeTokens/(s.Windows.SeqLen-1), 1), len(all))
+		s.probeWindows = nil
+		for i := 0; i < n; i++ {
+			s.probeWindows = append(s.probeWindows, all[i*len(all)/n])
+		}
 		if err := calibration.Apply(s.Model.Model, s.Calibration, compress.Uncompressed(s.Model.Geometry())); err != nil {
 			return 0, err
 		}
-		var err error
-		if s.probeBaseline, err = s.perplexity(ctx, "probe", "baseline of the probe sample", s.probeWindows); err != nil {
+		base, err := calibration.LogProbs(ctx, s.Model.Model, s.probeWindows)
+		if err != nil {
 			return 0, err
 		}
+		s.probeBase = base
 	}
 	key := st.Key()
-	ppl, ok := s.probeSeen[key]
+	kl, ok := s.probeSeen[key]
 	if !ok {
 		if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
 			return 0, err
 		}
+		s.step++
+		ev := Event{Task: "probe", Label: label, Total: len(s.probeWindows), Unit: "windows", Step: s.step, Steps: max(s.steps, s.step)}
+		s.progress.send(ev)
 		var err error
-		if ppl, err = s.perplexity(ctx, "probe", label, s.probeWindows); err != nil {
+		if kl, err = calibration.KL(ctx, s.Model.Model, s.probeWindows, s.probeBase); err != nil {
 			return 0, err
 		}
 		s.Probes++
-		s.probeSeen[key] = ppl
+		s.probeSeen[key] = kl
+		s.progress.send(Event{Task: "probe", Label: label, Step: s.step, Steps: max(s.steps, s.step), Finished: true, KL: kl,
+			Ratio: st.Ratio(s.Model.Geometry(), s.Options.Context)})
 	}
-	return ppl/s.probeBaseline - 1, nil
+	return kl, nil
 }
 
 // Report is a preset checked on held-out text.
@@ -302,6 +322,9 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 		o.Sinks = DefaultSinks
 	}
 	o.Sinks = max(o.Sinks, 0)
+	if o.Basis == compress.None {
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: tune searches ranks of a basis (joint or head); for quantization alone measure kvtorch eval --basis none --bits 8", compress.ErrInvalid)
+	}
 	if o.Basis == compress.Joint && !s.Calibration.HasJoint() {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune with --basis head", ErrMismatch)
 	}

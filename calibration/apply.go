@@ -37,7 +37,7 @@ func Apply(m *Model, cal *kvfile.Calibration, s compress.Setting) error {
 		}
 		for _, pair := range s.Layers {
 			for _, sd := range pair {
-				if sd.Basis == compress.Joint {
+				if sd.Basis == compress.Joint { // format 1 has per-head bases (and the identity) only
 					return fmt.Errorf("calibration: %w: it has no joint bases; export the model again with this kvtorch (python -m kvtorch.export) or use a per-head basis", ErrHookFormat)
 				}
 			}
@@ -104,11 +104,13 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 		qscale[i] = 1
 	}
 	qhead := 1.0
-	if !sd.Compresses(g, k) {
+	if !sd.Compresses(g, k) || sd.Basis == compress.None { // the identity (quantized per head for none)
 		for i := 0; i < e; i++ {
 			down[i*e+i], up[i*e+i] = 1, 1
 		}
-		sinks = 0
+		if !sd.Compresses(g, k) {
+			sinks = 0
+		}
 	} else {
 		b, err := cal.Basis(layer, k, sd.Basis)
 		if err != nil {
@@ -155,7 +157,7 @@ func (m *Model) setHookV1(layer int, k compress.Kind, cal *kvfile.Calibration, s
 	down := make([]float64, h*d*d)
 	up := make([]float64, h*d*d)
 	mean := make([]float64, h*d)
-	if !sd.Compresses(g, k) {
+	if !sd.Compresses(g, k) || sd.Basis == compress.None {
 		for hh := 0; hh < h; hh++ {
 			for i := 0; i < d; i++ {
 				down[hh*d*d+i*d+i], up[hh*d*d+i*d+i] = 1, 1

@@ -127,3 +127,133 @@ func rowNLL(m *Model, logits *torch.Tensor, row int64, w []int) (float64, error)
 	}
 	return -v[0], nil
 }
+
+// logProbs runs one window and returns the log-probabilities of the next
+// tokens, [1, T−1, V] in float32 on the model's device.
+func logProbs(m *Model, w []int) (*torch.Tensor, error) {
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
+	ids := make([]int64, len(w))
+	for i, id := range w {
+		ids[i] = int64(id)
+	}
+	cpu, err := keep(torch.FromSlice(ids, 1, int64(len(w))))
+	if err != nil {
+		return nil, err
+	}
+	dev, err := keep(cpu.ToDevice(m.Device))
+	if err != nil {
+		return nil, err
+	}
+	out, err := m.Forward(dev)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	logits, err := keep(out.Logits.Narrow(1, 0, int64(len(w)-1)))
+	if err != nil {
+		return nil, err
+	}
+	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) {
+		if logits, err = keep(logits.Narrow(2, 0, int64(m.Meta.VocabSize))); err != nil {
+			return nil, err
+		}
+	}
+	f32, err := keep(logits.ToDType(torch.Float32))
+	if err != nil {
+		return nil, err
+	}
+	return f32.LogSoftmax(-1)
+}
+
+// LogProbs returns each window's next-token log-probabilities with the
+// model as configured now, to compare other configurations with (KL). They
+// hold windows × (T−1) × V floats on the device: keep the windows few.
+func LogProbs(ctx context.Context, m *Model, windows [][]int) ([]*torch.Tensor, error) {
+	var out []*torch.Tensor
+	for _, w := range windows {
+		if err := ctx.Err(); err != nil {
+			CloseAll(out)
+			return nil, err
+		}
+		lp, err := logProbs(m, w)
+		if err != nil {
+			CloseAll(out)
+			return nil, err
+		}
+		out = append(out, lp)
+	}
+	return out, nil
+}
+
+// CloseAll closes tensors.
+func CloseAll(ts []*torch.Tensor) {
+	for _, t := range ts {
+		t.Close()
+	}
+}
+
+// KL is the mean over predicted tokens of KL(base ‖ model): how far the
+// model as configured now moves each next-token distribution from base's
+// (LogProbs of the same windows), Σ_v p_base · (log p_base − log p) in nats.
+// Unlike a difference of perplexities it is never negative, and small
+// changes are measured on few tokens.
+func KL(ctx context.Context, m *Model, windows [][]int, base []*torch.Tensor) (float64, error) {
+	total, n := 0.0, 0
+	for i, w := range windows {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		v, err := windowKL(m, w, base[i])
+		if err != nil {
+			return 0, err
+		}
+		total += v
+		n += len(w) - 1
+	}
+	kl := total / float64(n)
+	if !finite(kl) {
+		return 0, fmt.Errorf("calibration: %w: KL divergence is %v", ErrNonFinite, kl)
+	}
+	return kl, nil
+}
+
+func windowKL(m *Model, w []int, base *torch.Tensor) (float64, error) {
+	var tmp scratch
+	defer tmp.free()
+	keep := tmp.keep
+	lp, err := keep(logProbs(m, w))
+	if err != nil {
+		return 0, err
+	}
+	p, err := keep(base.Exp())
+	if err != nil {
+		return 0, err
+	}
+	diff, err := keep(base.Sub(lp))
+	if err != nil {
+		return 0, err
+	}
+	prod, err := keep(p.Mul(diff))
+	if err != nil {
+		return 0, err
+	}
+	perToken, err := keep(prod.Sum(false, -1)) // over the vocabulary: [1, T−1]
+	if err != nil {
+		return 0, err
+	}
+	s64, err := keep(perToken.ToDType(torch.Float64))
+	if err != nil {
+		return 0, err
+	}
+	s, err := keep(s64.Sum(false))
+	if err != nil {
+		return 0, err
+	}
+	v, err := s.Float64s()
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}

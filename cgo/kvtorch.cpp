@@ -396,6 +396,13 @@ kvt_err kvt_mean(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdi
   KVT_CATCH
 }
 
+kvt_err kvt_exp(const kvt_tensor *t, kvt_tensor **out) {
+  KVT_TRY
+  c10::InferenceMode guard;
+  *out = wrap(at::exp(tensor_of(t)));
+  KVT_CATCH
+}
+
 kvt_err kvt_log_softmax(const kvt_tensor *t, int64_t dim, kvt_tensor **out) {
   KVT_TRY
   c10::InferenceMode guard;

@@ -124,6 +124,8 @@ kvt_err kvt_mean(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdi
                  kvt_tensor **out);
 /* log_softmax along dim, computed in float32 at least (float64 stays float64). */
 kvt_err kvt_log_softmax(const kvt_tensor *t, int64_t dim, kvt_tensor **out);
+/* Elementwise exp. */
+kvt_err kvt_exp(const kvt_tensor *t, kvt_tensor **out);
 /* torch.gather(t, dim, index); index is int64. */
 kvt_err kvt_gather(const kvt_tensor *t, int64_t dim, const kvt_tensor *index, kvt_tensor **out);
 kvt_err kvt_isfinite(const kvt_tensor *t, kvt_tensor **out);

@@ -67,15 +67,19 @@ const (
 	// quantized per token after dividing each latent by its standard
 	// deviation (absmax over the normalized latents).
 	Joint Basis = "joint"
+	// None is no projection: the side's elements themselves, quantized per
+	// token and head (absmax) at the side's bits; the rank is the head
+	// dimension. Plain quantization, the bar projections must beat.
+	None Basis = "none"
 )
 
-// ParseBasis parses "head" or "joint".
+// ParseBasis parses "head", "joint" or "none".
 func ParseBasis(s string) (Basis, error) {
 	switch Basis(s) {
-	case PerHead, Joint:
+	case PerHead, Joint, None:
 		return Basis(s), nil
 	}
-	return "", fmt.Errorf("%w: basis %q (want head or joint)", ErrInvalid, s)
+	return "", fmt.Errorf("%w: basis %q (want head, joint or none)", ErrInvalid, s)
 }
 
 // Geometry is the shape of a model's KV cache.
@@ -139,7 +143,7 @@ func (s Side) Bytes(g Geometry, k Kind) int {
 		return g.Width(k) * ElementBytes
 	}
 	groups := 1
-	if s.basis() == PerHead {
+	if s.basis() != Joint {
 		groups = g.Heads
 	}
 	per := (s.Rank*s.Bits + 7) / 8
@@ -151,7 +155,7 @@ func (s Side) Bytes(g Geometry, k Kind) int {
 
 // BasisBytes is what the side's basis and mean take to store (16-bit).
 func (s Side) BasisBytes(g Geometry, k Kind) int {
-	if !s.Compresses(g, k) {
+	if !s.Compresses(g, k) || s.basis() == None {
 		return 0
 	}
 	groups, dim := g.Heads, g.Dims[k]
@@ -163,11 +167,14 @@ func (s Side) BasisBytes(g Geometry, k Kind) int {
 
 // Validate checks the side against the geometry.
 func (s Side) Validate(g Geometry, k Kind) error {
-	if s.Basis != "" && s.Basis != PerHead && s.Basis != Joint {
-		return fmt.Errorf("%w: %s basis %q (want head or joint)", ErrInvalid, k, s.Basis)
+	if s.Basis != "" && s.Basis != PerHead && s.Basis != Joint && s.Basis != None {
+		return fmt.Errorf("%w: %s basis %q (want head, joint or none)", ErrInvalid, k, s.Basis)
 	}
 	if max := g.MaxRank(k, s.basis()); s.Rank < 1 || s.Rank > max {
 		return fmt.Errorf("%w: %s rank %d out of range 1..%d for a %s basis", ErrInvalid, k, s.Rank, max, s.basis())
+	}
+	if s.basis() == None && s.Rank != g.Dims[k] {
+		return fmt.Errorf("%w: %s basis none keeps every dimension: rank %d, want %d", ErrInvalid, k, s.Rank, g.Dims[k])
 	}
 	if !ValidBits(s.Bits) {
 		return fmt.Errorf("%w: %s bits %d (want 16, 8 or 4)", ErrInvalid, k, s.Bits)

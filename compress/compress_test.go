@@ -26,6 +26,9 @@ func TestSideBytes(t *testing.T) {
 		{Side{Joint, 96, 16}, 192},          // 96 latents × 2 bytes
 		{Side{"", 16, 16}, 64},              // the zero Basis is PerHead
 		{Side{Joint, 1, 4}, 1 + ScaleBytes}, // half a byte rounds up
+		{Side{None, 64, 8}, 132},            // plain 8-bit per head: 2 × (64 + 2)
+		{Side{None, 64, 4}, 68},             // plain 4-bit: 2 × (32 + 2)
+		{Side{None, 64, 16}, 256},           // no quantization: uncompressed
 	} {
 		if got := c.side.Bytes(ref, V); got != c.want {
 			t.Errorf("%v: %d bytes, want %d", c.side, got, c.want)

@@ -38,7 +38,7 @@ log "reference model: export for cuda and cpu"
 "$PY" scripts/refmodel.py export --data testdata --out "$out/ref-cuda.pt" --device cuda
 "$PY" scripts/refmodel.py export --data testdata --out "$out/ref-cpu.pt" --device cpu
 for dev in cuda cpu; do
-  "$bin" calibrate -q --json --model "$out/ref-$dev.pt" --out "$out/cal-$dev.pt" > "$out/cal-$dev.json"
+  "$bin" calibrate -q --json --model "$out/ref-$dev.pt" --output "$out/cal-$dev.pt" > "$out/cal-$dev.json"
   "$PY" -c "import json,sys; d=json.load(open('$out/cal-$dev.json')); print('kvtorch calibrate on $dev: %d tokens, %.0f tok/s' % (d['tokens'], d['tokens_per_second']))" | tee -a "$out/summary.txt"
 done
 "$PY" - "$out" <<'PYEOF' | tee -a "$out/summary.txt"
@@ -53,7 +53,7 @@ for la, lb in zip(a["layers"], b["layers"]):
 print(f"CUDA vs CPU eigenvalues: largest relative difference {worst:.2e}", "OK" if worst < 1e-3 else "DIFFERENT")
 sys.exit(0 if worst < 1e-3 else 1)
 PYEOF
-"$bin" tune -q --model "$out/ref-cuda.pt" --calibration "$out/cal-cuda.pt" --bits 16,8,4 --output "$out/preset-ref.json" | tee -a "$out/summary.txt"
+"$bin" tune -q --model "$out/ref-cuda.pt" --calibration "$out/cal-cuda.pt" --bits 16,8,4 --max-tokens 16384 --output "$out/preset-ref.json" | tee -a "$out/summary.txt"
 "$bin" check --preset "$out/preset-ref.json" | tee -a "$out/summary.txt"
 
 log "Python pipeline on the same GPU"
@@ -73,7 +73,20 @@ m.save_pretrained(f"{out}/tiny-llama")
 import shutil; shutil.copy("testdata/refmodel.tokenizer.json", f"{out}/tiny-llama/tokenizer.json")
 PYEOF
 "$PY" -m kvtorch.export "$out/tiny-llama" -o "$out/tiny-cuda.pt" --device cuda
-"$bin" calibrate -q --model "$out/tiny-cuda.pt" --out "$out/tiny-cal.pt"
+"$bin" calibrate -q --model "$out/tiny-cuda.pt" --output "$out/tiny-cal.pt"
 "$bin" tune -q --model "$out/tiny-cuda.pt" --calibration "$out/tiny-cal.pt" --max-tokens 8192 --output "$out/preset-tiny.json" | tee -a "$out/summary.txt"
 "$bin" check --preset "$out/preset-tiny.json" | tee -a "$out/summary.txt"
+# The real model (issue 11), when its GGUF is here (KVTORCH_REAL_GGUF) and the
+# gguf and accelerate packages import: export on CUDA, calibrate and evaluate
+# there, against the CPU's perplexity of the same export.
+if [ -n "${KVTORCH_REAL_GGUF:-}" ] && [ -f "$KVTORCH_REAL_GGUF" ] && "$PY" -c 'import gguf, accelerate' 2>/dev/null; then
+  log "real model: $KVTORCH_REAL_GGUF exported for cuda"
+  "$PY" -m kvtorch.export "$KVTORCH_REAL_GGUF" -o "$out/real-cuda.pt" --device cuda --name SmolLM2-135M-Instruct
+  "$bin" calibrate -q --json --model "$out/real-cuda.pt" --texts testdata/calib --output "$out/real-cal.pt" > "$out/real-cal.json"
+  "$PY" -c "import json; d=json.load(open('$out/real-cal.json')); print('real model calibrate on cuda: %d tokens, %.0f tok/s' % (d['tokens'], d['tokens_per_second']))" | tee -a "$out/summary.txt"
+  "$bin" eval --model "$out/real-cuda.pt" --calibration "$out/real-cal.pt" --texts testdata/eval --max-tokens 4096 \
+    --ranks 96,144 | tee -a "$out/summary.txt"
+else
+  log "real model: skipped (set KVTORCH_REAL_GGUF to the SmolLM2 GGUF, with the gguf and accelerate wheels installed)"
+fi
 log "done"

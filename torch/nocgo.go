@@ -45,6 +45,7 @@ func (t *Tensor) CopyFrom(*Tensor) error                          { return ErrNo
 func (t *Tensor) Sum(bool, ...int64) (*Tensor, error)             { return nil, ErrNoLibtorch }
 func (t *Tensor) Mean(bool, ...int64) (*Tensor, error)            { return nil, ErrNoLibtorch }
 func (t *Tensor) LogSoftmax(int64) (*Tensor, error)               { return nil, ErrNoLibtorch }
+func (t *Tensor) Exp() (*Tensor, error)                           { return nil, ErrNoLibtorch }
 func (t *Tensor) Gather(int64, *Tensor) (*Tensor, error)          { return nil, ErrNoLibtorch }
 func (t *Tensor) IsFinite() (*Tensor, error)                      { return nil, ErrNoLibtorch }
 func (t *Tensor) AllFinite() (bool, error)                        { return false, ErrNoLibtorch }

@@ -193,6 +193,11 @@ func (t *Tensor) LogSoftmax(dim int64) (*Tensor, error) {
 }
 
 // Gather is torch.gather(t, dim, index) with an int64 index tensor.
+// Exp is the elementwise exponential.
+func (t *Tensor) Exp() (*Tensor, error) {
+	return t.unary("exp", func(c *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err { return C.kvt_exp(c, out) })
+}
+
 func (t *Tensor) Gather(dim int64, index *Tensor) (*Tensor, error) {
 	return t.binary("gather", index, func(a, b *C.kvt_tensor, out **C.kvt_tensor) C.kvt_err {
 		return C.kvt_gather(a, C.int64_t(dim), b, out)

@@ -369,4 +369,9 @@ func TestLogSoftmaxGather(t *testing.T) {
 	if _, err := lp.Gather(-1, bad); err == nil {
 		t.Fatal("gather out of range: got nil error")
 	}
+	p := must(lp.Exp()) // probabilities: each row sums to 1
+	defer p.Close()
+	sum := must(p.Sum(false, -1))
+	defer sum.Close()
+	assertClose(t, "exp(log softmax) rows", must(sum.Float64s()), []float64{1, 1}, 1e-6, 1e-6)
 }

@@ -5,15 +5,20 @@
 //
 // Search (kvtorch tune) proceeds in three steps:
 //
-//  1. Probes, on a small sample of the held-out text (a cheap proxy): each
-//     target side alone at the rank keeping 90% of its variance, and all
-//     target sides at full rank with each latent precision below 16 bits.
-//  2. A model of each side's cost: Δ(r, b) = s · (1 − EV(r) + q_b · EV(r)),
-//     EV being the explained variance of the basis at rank r, s the side's
-//     measured sensitivity per unit of variance lost, and q_b the measured
-//     cost of b-bit latents as a fraction of the variance kept. Each side
-//     picks the (rank, bits) that minimise bytes + λ · Δ; λ is set so that
-//     the predicted total meets the budget.
+//  1. Probes, on a small sample of the held-out text (a cheap proxy: the KL
+//     divergence of the next-token distributions from the uncompressed
+//     model's): each target side alone at the rank keeping 90% of its
+//     variance, and all target sides at full rank with each latent
+//     precision below 16 bits.
+//  2. A model of each side's cost: Δ(r, b) = s · L^γ with L = 1 − EV(r) +
+//     q_b · EV(r) the share of the side's variance lost (to the rank, and to
+//     b-bit latents as a share q_b of the variance kept), EV the basis's
+//     explained variance, γ = 1.5 (damage grows faster than the variance
+//     lost), s fitted to the side's probe (and floored at a twentieth of the
+//     median, so that a probe too small to see cannot make a side free), q_b
+//     to the quantization probe. Each side picks the (rank, bits) that
+//     minimise bytes + λ · Δ; λ is set so that the predicted total meets the
+//     budget.
 //  3. Full measurements of the allocation, rescaling the prediction by what
 //     was measured (a secant on the model's scale), keeping the most
 //     compressing setting measured within budget.
@@ -161,7 +166,7 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 
 	// 1. Probes.
 	sens := map[side]float64{}
-	totalSens := 0.0
+	var all []float64
 	for _, sd := range sides {
 		top := g.MaxRank(sd.k, o.Basis)
 		r := rankFor(o.Spectra, sd, o.Basis, top, 0.9)
@@ -172,7 +177,14 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 			return res, err
 		}
 		lost := 1 - o.Spectra(sd.l, sd.k, o.Basis, r)
-		sens[sd] = math.Max(d, 1e-6) / math.Max(lost, 1e-6)
+		sens[sd] = math.Max(d, 0) / cost(math.Max(lost, 1e-6))
+		all = append(all, sens[sd])
+	}
+	sort.Float64s(all)
+	floor := all[len(all)/2] / 20
+	totalSens := 0.0
+	for sd := range sens {
+		sens[sd] = math.Max(sens[sd], floor)
 		totalSens += sens[sd]
 	}
 	quant := map[int]float64{16: 0}
@@ -188,7 +200,8 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 		if err != nil {
 			return res, err
 		}
-		quant[b] = math.Max(d, 0) / totalSens
+		// Σ sens · cost(q_b) = d: the share of variance b-bit latents lose.
+		quant[b] = math.Pow(math.Max(d, 0)/totalSens, 1/gamma)
 	}
 
 	// 2. The allocation at a price λ, and its predicted delta.
@@ -210,7 +223,7 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 						continue
 					}
 					e := o.Spectra(sd.l, sd.k, o.Basis, r)
-					delta := sens[sd] * (1 - e + quant[b]*e)
+					delta := sens[sd] * cost(1-e+quant[b]*e)
 					if cost := float64(c.Bytes(g, sd.k)) + lambda*delta; cost < bestCost {
 						best, bestCost, bestDelta = c, cost, delta
 					}
@@ -260,6 +273,12 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 	}
 	return res, nil
 }
+
+// gamma is the exponent of the cost model: a side's damage grows as the
+// share of its variance lost to the power 1.5.
+const gamma = 1.5
+
+func cost(lost float64) float64 { return math.Pow(lost, gamma) }
 
 // rankFor is the smallest rank whose explained variance reaches tau, below
 // the maximum.

@@ -104,7 +104,7 @@ func checkAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer s.Model.Close()
+	defer s.Close()
 	s.SetSteps(1)
 	r, err := s.CheckPreset(c.Context, p, budget)
 	report["baseline_ppl"] = r.Baseline

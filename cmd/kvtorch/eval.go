@@ -45,8 +45,9 @@ var evalCommand = &cli.Command{
 		&cli.StringFlag{Name: "ranks", Usage: "comma-separated uniform ranks, one row each"},
 		&cli.IntFlag{Name: "bits", Value: 16, Usage: "latent bits: 16, 8 or 4"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides --ranks applies to: k, v or kv"},
-		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads) or head (one per KV head)"},
+		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads), head (one per KV head), or none (quantization alone)"},
 		sinksFlag,
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the one setting measured (--rank-k/--rank-v/--bits) as a preset"},
 	),
 	Action: evalAction,
 }
@@ -152,11 +153,17 @@ func evalAction(c *cli.Context) error {
 		}
 	}
 	a.quiet = c.Bool("json")
+	if out := c.String("output"); out != "" {
+		if ranks != nil || c.String("preset") != "" {
+			return usagef("--output writes one setting: give --rank-k, --rank-v and --bits, not --ranks or --preset")
+		}
+		a.outputs = map[string]string{"output": out}
+	}
 	s, err := openSession(c, a)
 	if err != nil {
 		return err
 	}
-	defer s.Model.Close()
+	defer s.Close()
 	g := s.Model.Geometry()
 	var settings []compress.Setting
 	var labels []string
@@ -207,6 +214,15 @@ func evalAction(c *cli.Context) error {
 			return err
 		}
 		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Ratio})
+		if out := c.String("output"); out != "" {
+			p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
+				KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
+				g, st, target, s.Options.Context, s.Baseline, m.PPL, s.Windows.Info())
+			p.Search = &kvfile.SearchInfo{Method: "kvtorch eval: " + labels[i], Evaluations: s.Evaluations}
+			if err := p.Save(out); err != nil {
+				return err
+			}
+		}
 	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, map[string]any{"model": s.Model.Path, "model_sha256": s.Model.SHA256,

@@ -41,6 +41,12 @@ func (p *progress) event(e kvtorch.Event) {
 		return
 	}
 	now := time.Now()
+	if e.Finished && e.Task == "probe" {
+		p.endLine()
+		fmt.Fprintf(p.w, "  %s  %-57s KL %.5f nats/token   %.2fx\n", steps(e), truncate(e.Label, 57), e.KL, e.Ratio)
+		p.last = now
+		return
+	}
 	if e.Finished {
 		p.endLine()
 		mark := ""

@@ -85,7 +85,7 @@ func tuneAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer s.Model.Close()
+	defer s.Close()
 	stderr := c.App.ErrWriter
 	if !c.Bool("quiet") {
 		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", s.Baseline, s.Windows.SeqLen, s.Windows.Tokens(), 100*budget)

@@ -13,9 +13,9 @@ the preset says so) instead of full K/V, for real memory savings in generate:
     model.generate(ids, past_key_values=cache, max_new_tokens=50)
     cache.nbytes()                            # bytes actually stored
 
-A side of a layer uses a basis per KV head ("head": latents [B, H, T, r])
-or one joint basis over the heads joined ("joint": latents [B, 1, T, r], r
-counting all heads). Storage: 16-bit latents as float16; 8-bit as int8 with
+A side of a layer uses a basis per KV head ("head": latents [B, H, T, r]),
+one joint basis over the heads joined ("joint": latents [B, 1, T, r], r
+counting all heads), or none ("none": the elements themselves, quantized). Storage: 16-bit latents as float16; 8-bit as int8 with
 one float16 absmax scale per token and quantization group (per head for a
 per-head basis; for a joint basis one per token, of the latents divided by
 their standard deviation first); 4-bit as two values per uint8 with the same
@@ -117,7 +117,9 @@ class Preset:
                 full = d * (self.heads if basis == "joint" else 1)
                 side = {"rank": rank, "bits": bits, "dim": d, "basis": basis, "compressed": rank < full or bits < 16}
                 b = cal["layers"][l][name]
-                if basis == "joint":
+                if basis == "none":
+                    pass  # quantization of the elements themselves
+                elif basis == "joint":
                     j = b["joint"]
                     std = j["latent_std"][:rank].double()
                     side.update(U=j["U"][:, :rank].to(device), mean=j["mean"].to(device),
@@ -138,6 +140,9 @@ class Preset:
         if not s["compressed"]:
             return Latents(x.to(torch.float16), None, 16, s["dim"])
         bits, rank = s["bits"], s["rank"]
+        if s["basis"] == "none":
+            data, scale = _quantize(x.float(), bits)
+            return Latents(data, scale, bits, rank)
         if s["basis"] == "joint":
             xf = x.float().transpose(1, 2).flatten(2)[:, None]  # [B, 1, T, E]
             z = torch.matmul(xf - s["mean"].to(x.device), s["U"].to(x.device))
@@ -158,6 +163,8 @@ class Preset:
         if not s["compressed"]:
             return z.data.to(dtype)
         lat = _dequantize(z)
+        if s["basis"] == "none":
+            return lat.to(dtype)
         U = s["U"].to(lat.device)
         if s["basis"] == "joint":
             if z.bits < 16:

@@ -120,6 +120,41 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     assert out.shape == (1, 20)
 
 
+@pytest.mark.parametrize("setting", [
+    ["--basis", "none", "--bits", "8"],
+    ["--basis", "none", "--bits", "4", "--sinks", "0"],
+    ["--basis", "head", "--rank-k", "8", "--rank-v", "12", "--bits", "4"],
+    ["--basis", "joint", "--rank-k", "12", "--rank-v", "20", "--bits", "8", "--sinks", "2"],
+])
+def test_every_basis_through_the_cache(setting, tiny_tokenizer, tmp_path):
+    """Presets of every kind of basis (written by kvtorch eval --output) give
+    Go's perplexity through KVTorchCache, and store the bytes they count."""
+    folder = tmp_path / "hf"
+    model = tiny_model("llama")
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(tiny_tokenizer)
+    model_pt = str(tmp_path / "model.pt")
+    subprocess.run([sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt], check=True, capture_output=True)
+    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
+    cal = str(tmp_path / "calib.pt")
+    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
+    preset_path = str(tmp_path / "preset.json")
+    kvtorch("eval", "--json", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
+            "--output", preset_path, *setting)
+    preset = Preset(preset_path)
+    meta = preset.preset
+    assert meta["compressed_ppl"] != meta["baseline_ppl"]
+    hf = tiny_model("llama")
+    wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
+    with torch.no_grad():
+        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
+        cache = KVTorchCache(preset, hf)
+        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
+    assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
+    t, s = wins.shape[1], meta["sink_tokens"]
+    assert cache.nbytes() == s * meta["bytes_per_token_before"] + (t - s) * meta["bytes_per_token_compressed"]
+
+
 def test_compress_expand_shapes_and_packing(tmp_path):
     """4-bit latents pack two per byte; odd ranks pad; expand inverts compress."""
     from kvtorch import Latents

