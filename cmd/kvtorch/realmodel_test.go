@@ -126,4 +126,55 @@ func TestRealModel(t *testing.T) {
 	}
 	t.Logf("SmolLM2-135M: baseline %.4f (transformers %.4f) on %d tokens; K 96 / V 144 of 192, 8-bit: %.4f (%+.2f%%) at %.2fx",
 		rep.Baseline, ref.PPL, rep.Tokens, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
+
+	// 4. The same setting as a preset, applied by the Python package's
+	// KVTorchCache inside transformers' own model: the perplexity kvtorch
+	// measured (up to the cache's float16 scales), at the bytes it counted.
+	preset := filepath.Join(t.TempDir(), "preset.json")
+	code, _, e = runCLI(append(evalArgs, "--output", preset)...)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	args = append([]string{"testdata/hf_reference.py", "--preset", preset, filepath.Join(dir, "hf"), "512", "2044"},
+		append(calibTexts, evalTexts...)...)
+	cmd = exec.Command(os.Getenv("KVTORCH_PYTHON"), args...)
+	cmd.Stderr = os.Stderr
+	if out, err = cmd.Output(); err != nil {
+		t.Fatalf("hf_reference.py --preset: %v", err)
+	}
+	var withCache struct {
+		PPL        float64          `json:"ppl"`
+		Tokens     int              `json:"tokens"`
+		CacheBytes int64            `json:"cache_bytes"`
+		Generated  map[string][]int `json:"generated"`
+	}
+	if err := json.Unmarshal(out, &withCache); err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Sinks  int64   `json:"sink_tokens"`
+		Before int64   `json:"bytes_per_token_before"`
+		After  int64   `json:"bytes_per_token_compressed"`
+		PPL    float64 `json:"compressed_ppl"`
+	}
+	b, err := os.ReadFile(preset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(withCache.PPL/p.PPL-1) > 1e-3 || withCache.Tokens != rep.Tokens {
+		t.Fatalf("through KVTorchCache: perplexity %v over %d tokens, kvtorch eval %v over %d", withCache.PPL,
+			withCache.Tokens, p.PPL, rep.Tokens)
+	}
+	if want := p.Sinks*p.Before + seqLen*p.After; withCache.CacheBytes != want {
+		t.Fatalf("KVTorchCache holds %d bytes for %d tokens, the preset counts %d", withCache.CacheBytes, seqLen, want)
+	}
+	g := withCache.Generated
+	if len(g["kvtorch"]) != 20 {
+		t.Fatalf("generate with KVTorchCache gave %d tokens", len(g["kvtorch"]))
+	}
+	t.Logf("through KVTorchCache: %.4f (kvtorch eval %.4f); greedy tokens %v (DynamicCache %v)", withCache.PPL, p.PPL,
+		g["kvtorch"], g["dynamic"])
 }

@@ -1,8 +1,59 @@
-"""KVTorchCache: a transformers cache that stores a preset's latents (see
-kvtorch.preset for the storage format)."""
+"""KVTorchCache: a transformers cache that stores a preset's latents, and an
+attention that works on them.
+
+    from kvtorch import KVTorchCache, Preset
+    cache = KVTorchCache(Preset("preset.json"), model)      # model: a transformers causal LM
+    out = model.generate(ids, past_key_values=cache, max_new_tokens=100)
+    cache.nbytes()                                           # bytes held
+
+Creating the cache registers the attention "kvtorch" and selects it for the
+model (model.set_attn_implementation("kvtorch")): for this cache it computes
+attention on the stored latents; for any other cache it is the model's own
+attention (sdpa, or eager where the model needs it), so the model stays
+usable with DynamicCache. Per layer and per decoding step:
+
+- values are never expanded: the attention weights are applied to the
+  latents, then one up-projection per query head: out = (A · Z_v) · U_vᵀ +
+  (Σ A) · μ_v;
+- keys of post-RoPE presets are scored in latent space: (U_kᵀ q) · z + q · μ_k;
+  keys of pre-RoPE presets are rebuilt BLOCK tokens at a time and rotated
+  to their positions, without keeping a full-size copy (slower: RoPE does
+  not commute with the projection);
+- quantized latents are read as stored (int8; packed 4-bit by nibble
+  plane), their per-token scales applied to the scores and weights;
+- each row's first sink_tokens tokens (positions below the preset's
+  sink_tokens, after any left padding) are kept exact, as kvtorch eval
+  measured them.
+
+The whole cache API works: crop (assisted and speculative decoding),
+reorder_cache (beam search), batch_select_indices, batch_repeat_interleave,
+and left-padded batches with an attention mask. Positions must run on from
+each row's first real token (as generate makes them).
+
+Storage: the latents of every token (float16, or int8 / packed 4-bit with a
+float16 scale per token and group), and float16 copies of each row's sink
+tokens: sink_tokens · bytes_per_token_before + T · bytes_per_token_compressed
+bytes after T tokens per row (the preset counts the sinks' latents out; the
+cache keeps them, 4 tokens' worth, so that every position has its latents).
+"""
+import threading
+
 import torch
 
-from kvtorch.preset import Preset  # noqa: F401 - the type the cache is built from
+from kvtorch.preset import Latents, Preset, _dequantize  # noqa: F401 - Preset: the type the cache is built from
+
+try:
+    from transformers import AttentionInterface
+    from transformers.cache_utils import Cache, CacheLayerMixin
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+except ImportError:  # transformers is optional
+    Cache = None
+
+BLOCK = 4096  # stored tokens rebuilt or dequantized at a time
+QBLOCK = 1024  # queries scored at a time
+SCORES = 1 << 25  # and at most this many scores (float32) at a time
+
+_pending = threading.local()  # the layer whose update() the next attention call consumes
 
 
 def _rotate_half(x):
@@ -10,92 +61,434 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-try:
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # transformers is optional
-    DynamicCache = None
+def _latents_slice(z, start, stop):
+    scale = None if z.scale is None else z.scale[..., start:stop, :]
+    return Latents(z.data[..., start:stop, :], scale, z.bits, z.rank)
 
 
-if DynamicCache is not None:
+def _latents_map(z, fn):
+    return None if z is None else Latents(fn(z.data), None if z.scale is None else fn(z.scale), z.bits, z.rank)
 
-    class KVTorchLayer(DynamicLayer):
-        """One layer of KVTorchCache: stores Latents, returns expanded K/V."""
 
-        def __init__(self, preset, layer, rotary=None):
+class _Side:
+    """One side (K or V) of one layer, prepared for attention on its latents.
+
+    Every kind of storage is seen the same way: per KV head h a matrix U_h
+    [D, w] and a mean μ_h such that the head's vector is U_h z + μ_h, with z
+    the stored latents (w = the rank; D with U = I for elements stored as
+    they are, or quantized without a basis). A joint basis stores one
+    latent vector per token for all heads (G = 1 group); the others one per
+    head (G = H). The joint basis' normalisation of quantized latents is
+    folded into U. 4-bit latents are packed two per byte: even coordinates
+    in the low nibble, odd ones in the high one, so U is split the same way.
+    """
+
+    def __init__(self, preset, layer, kind):
+        s = preset.side(layer, kind)
+        h, d = preset.heads, s["dim"]
+        self.bits = s["bits"] if s["compressed"] else 16
+        if s["compressed"] and s["basis"] != "none":
+            r = s["rank"]
+            u = s["U"].float()
+            if s["basis"] == "joint":
+                u = u.view(h, d, r)
+                if self.bits < 16:
+                    u = u * s["qscale"].float()
+            self.mean = s["mean"].float().view(h, d)
+            self.groups = 1 if s["basis"] == "joint" else h
+        else:
+            u = torch.eye(d).expand(h, d, d)
+            self.mean = None
+            self.groups = h
+        if self.bits == 4 and u.shape[-1] % 2:  # the pad nibble holds 0 (8 - 8)
+            u = torch.cat([u, torch.zeros(h, d, 1)], dim=-1)
+        self.u = u.contiguous()  # [H, D, w]
+        self.ut = u.transpose(-1, -2).contiguous()  # [H, w, D]
+        if self.bits == 4:
+            self.u_lo, self.u_hi = self.u[..., 0::2].contiguous(), self.u[..., 1::2].contiguous()
+            self.ut_lo, self.ut_hi = self.ut[:, 0::2].contiguous(), self.ut[:, 1::2].contiguous()
+
+    def to(self, device):
+        for name, v in list(vars(self).items()):
+            if torch.is_tensor(v):
+                setattr(self, name, v.to(device))
+        return self
+
+    def _grouped(self, x):
+        """[B, H, n, w] -> [B, G, H/G * n, w]: a joint basis' heads side by side."""
+        b, h, n, w = x.shape
+        return x.reshape(b, self.groups, h // self.groups * n, w)
+
+    def scores(self, qf, z):
+        """qf [B, H, n, D] · the keys of latents z: [B, H, n, t]."""
+        b, h, n, _ = qf.shape
+        if self.bits == 4:
+            lo, hi = (z.data & 0x0F).float(), (z.data >> 4).float()
+            p_lo, p_hi = torch.matmul(qf, self.u_lo), torch.matmul(qf, self.u_hi)
+            out = (torch.matmul(self._grouped(p_lo), lo.transpose(-1, -2)) +
+                   torch.matmul(self._grouped(p_hi), hi.transpose(-1, -2)) -
+                   8 * self._grouped(p_lo.sum(-1, keepdim=True) + p_hi.sum(-1, keepdim=True)))
+        else:
+            out = torch.matmul(self._grouped(torch.matmul(qf, self.u)), z.data.float().transpose(-1, -2))
+        if z.scale is not None:
+            out = out * z.scale.float().transpose(-1, -2)
+        out = out.view(b, h, n, -1)
+        if self.mean is not None:
+            out = out + torch.matmul(qf, self.mean[:, :, None])
+        return out
+
+    def weigh(self, a, z):
+        """Σ_t a_t z_t over latents z for weights a [B, H, n, t]: [B, G, H/G * n, w']
+        (per nibble for 4 bits: a pair)."""
+        a = self._grouped(a)
+        if z.scale is not None:
+            a = a * z.scale.float().transpose(-1, -2)
+        if self.bits == 4:
+            return (torch.matmul(a, (z.data & 0x0F).float()), torch.matmul(a, (z.data >> 4).float()),
+                    a.sum(-1, keepdim=True))
+        return torch.matmul(a, z.data.float())
+
+    def values(self, acc, mass, shape):
+        """The heads' values from the summed latents: [B, H, n, D]."""
+        b, h, n = shape
+        if self.bits == 4:
+            lo, hi, total = acc
+            lo, hi = (lo - 8 * total).view(b, h, n, -1), (hi - 8 * total).view(b, h, n, -1)
+            out = torch.matmul(lo, self.ut_lo) + torch.matmul(hi, self.ut_hi)
+        else:
+            out = torch.matmul(acc.view(b, h, n, -1), self.ut)
+        if self.mean is not None:
+            out = out + mass * self.mean[:, None, :]
+        return out
+
+
+def _add(acc, x):
+    if acc is None:
+        return x
+    if isinstance(x, tuple):
+        return tuple(p + q for p, q in zip(acc, x))
+    return acc + x
+
+
+if Cache is not None:
+
+    class KVTorchLayer(CacheLayerMixin):
+        """One layer of KVTorchCache."""
+
+        is_sliding = False
+        is_croppable = True
+
+        def __init__(self, cache, layer):
             super().__init__()
-            self.preset, self.layer, self.rotary = preset, layer, rotary
-            self.zk = self.zv = None
-            self.sink_k = self.sink_v = None  # the first sink tokens, exact (float16)
-            self.length = 0
+            self.cache, self.preset, self.layer = cache, cache.preset, layer
+            self.sides = None  # _Side of K and V, on the cache's device
+            self.zk = self.zv = None  # Latents of every token, [B, G, T, w]
+            self.length = 0  # T
+            self.first = None  # int64 [B]: where each row's position 0 is stored (after its left padding)
+            self.sink_k = self.sink_v = None  # float16 [B, H, s, D]: each row's tokens at positions 0 .. s-1
+            self.sink_valid = None  # bool [B, s]: which are stored
+            self.sink_at = None  # int64 [B, s]: where (index in T)
+            self.pending = None
+            self._rebuilt = None  # keys rebuilt during one long attend call
 
-        def _rope(self, x, start):
-            pos = torch.arange(start, start + x.shape[-2], device=x.device)[None, :].expand(x.shape[0], -1)
-            cos, sin = self.rotary(x, pos)
-            return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
+        # -- CacheLayerMixin
+
+        def lazy_initialization(self, key_states, value_states):
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.keys = self.values = torch.empty(0, dtype=self.dtype, device=self.device)  # placeholders
+            self.sides = {k: _Side(self.preset, self.layer, k).to(self.device) for k in ("k", "v")}
+            self.is_initialized = True
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            dtype = key_states.dtype
-            start = self.length
-            self.length += key_states.shape[-2]
-            # The first preset.sinks positions stay exact.
-            n_sink = max(0, min(self.preset.sinks - start, key_states.shape[-2]))
-            if n_sink:
-                sk, sv = key_states[:, :, :n_sink].to(torch.float16), value_states[:, :, :n_sink].to(torch.float16)
-                self.sink_k = sk if self.sink_k is None else torch.cat([self.sink_k, sk], dim=-2)
-                self.sink_v = sv if self.sink_v is None else torch.cat([self.sink_v, sv], dim=-2)
-                key_states, value_states = key_states[:, :, n_sink:], value_states[:, :, n_sink:]
-                start += n_sink
-            if key_states.shape[-2]:
-                k = key_states.float()
-                if self.rotary is not None:  # pre_rope preset: un-rotate the incoming keys
-                    cos, sin = self._rope(k, start)
-                    k = k * cos - _rotate_half(k) * sin
-                zk = self.preset.compress(self.layer, "k", k)
-                zv = self.preset.compress(self.layer, "v", value_states)
-                self.zk = zk if self.zk is None else self.zk.cat(zk)
-                self.zv = zv if self.zv is None else self.zv.cat(zv)
-            keys, values = [], []
-            if self.sink_k is not None:
-                keys.append(self.sink_k.float())
-                values.append(self.sink_v.float())
-            if self.zk is not None:
-                k = self.preset.expand(self.layer, "k", self.zk)
-                if self.rotary is not None:
-                    first = 0 if self.sink_k is None else self.sink_k.shape[-2]
-                    cos, sin = self._rope(k, first)
-                    k = k * cos + _rotate_half(k) * sin
-                keys.append(k)
-                values.append(self.preset.expand(self.layer, "v", self.zv))
-            # Keep only empty placeholders: the latents are the cache.
-            self.keys = self.values = torch.empty(0, dtype=dtype, device=key_states.device)
-            return torch.cat(keys, dim=-2).to(dtype), torch.cat(values, dim=-2).to(dtype)
+            if self.cache.attention_installed():
+                self.pending = (key_states, value_states)
+                _pending.layer = self
+                return key_states, value_states  # the kvtorch attention reads the layer itself
+            # Another attention runs: store, then expand everything for it.
+            b, t = key_states.shape[0], key_states.shape[-2]
+            start = self.get_seq_length()
+            pos = torch.arange(start, start + t, device=key_states.device)[None].expand(b, t)
+            self.append(key_states, value_states, pos)
+            return self.expanded()
+
+        def get_mask_sizes(self, query_length):
+            return self.get_seq_length() + query_length, 0
 
         def get_seq_length(self):
             return self.length
 
-        def _unsupported(self, *args, **kwargs):
-            raise NotImplementedError("KVTorchCache supports appending tokens (prefill and greedy or sampled "
-                                      "generation); cropping, beam reordering and batch selection are not implemented")
+        def get_max_length(self):
+            return -1
 
-        crop = batch_repeat_interleave = batch_select_indices = reorder_cache = _unsupported
+        def reset(self):
+            self.zk = self.zv = self.first = self.sink_k = self.sink_v = self.sink_valid = self.sink_at = None
+            self.length = 0
+
+        def crop(self, tokens_to_remove):
+            n = self.get_seq_length()
+            keep = tokens_to_remove if tokens_to_remove > 0 else n + tokens_to_remove  # legacy: an absolute length
+            keep = max(min(keep, n), 0)
+            if keep == n:
+                return
+            self.zk, self.zv = _latents_slice(self.zk, 0, keep), _latents_slice(self.zv, 0, keep)
+            self.length = keep
+            if self.sink_at is not None:  # sinks stored at or past the cut are gone
+                self.sink_valid = self.sink_valid & (self.sink_at < keep)
+
+        def _select(self, fn):
+            self.zk, self.zv = _latents_map(self.zk, fn), _latents_map(self.zv, fn)
+            for name in ("first", "sink_k", "sink_v", "sink_valid", "sink_at"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, fn(getattr(self, name)))
+
+        def reorder_cache(self, beam_idx):
+            if self.length:
+                self._select(lambda x: x.index_select(0, beam_idx.to(x.device)))
+
+        def batch_select_indices(self, indices):
+            if self.length:
+                self._select(lambda x: x[indices.to(x.device) if torch.is_tensor(indices) else indices])
+
+        def batch_repeat_interleave(self, repeats):
+            if self.length:
+                self._select(lambda x: x.repeat_interleave(repeats, dim=0))
+
+        # -- storage
+
+        def positions(self, start, stop):
+            """int64 [B, stop - start]: the positions of stored tokens start ..
+            stop - 1 (left padding: negative). Positions run on from each
+            row's first real token, as generate makes them."""
+            return torch.arange(start, stop, device=self.first.device)[None] - self.first[:, None]
+
+        def append(self, key_states, value_states, pos):
+            """Stores new tokens: key_states as the attention sees them (after
+            RoPE), positions pos [B, t] (padding: negative)."""
+            p = self.preset
+            t = pos.shape[-1]
+            if self.first is None or not self.length:
+                self.first = (pos < 0).sum(-1)  # left padding
+            elif self.layer == 0:  # once per forward: positions must run on (what is stored assumes it)
+                want = self.positions(self.length, self.length + t)
+                if not torch.equal(torch.where(pos < 0, want, pos), want):
+                    raise ValueError("KVTorchCache: position ids must run on from the tokens stored (as generate "
+                                     "makes them), with padding on the left only")
+            k = key_states.float()
+            if p.kv_source == "pre_rope" and self.cache.rotary is not None:
+                cos, sin = self.cache.rope(k, pos.clamp_min(0))
+                k = k * cos - _rotate_half(k) * sin  # back to before RoPE
+            self.zk = self._cat_latents(self.zk, p.compress(self.layer, "k", k))
+            self.zv = self._cat_latents(self.zv, p.compress(self.layer, "v", value_states))
+            start = self.length
+            self.length += t
+            s = p.sinks
+            if not s:
+                return
+            b, h = key_states.shape[:2]
+            if self.sink_k is None:
+                dev = key_states.device
+                self.sink_k = torch.zeros(b, h, s, key_states.shape[-1], dtype=torch.float16, device=dev)
+                self.sink_v = torch.zeros(b, h, s, value_states.shape[-1], dtype=torch.float16, device=dev)
+                self.sink_valid = torch.zeros(b, s, dtype=torch.bool, device=dev)
+                self.sink_at = torch.zeros(b, s, dtype=torch.long, device=dev)
+            is_sink = (pos >= 0) & (pos < s)
+            if bool(is_sink.any()):
+                rows, cols = is_sink.nonzero(as_tuple=True)
+                slots = pos[rows, cols]
+                self.sink_k[rows, :, slots] = key_states[rows, :, cols].to(torch.float16)
+                self.sink_v[rows, :, slots] = value_states[rows, :, cols].to(torch.float16)
+                self.sink_at[rows, slots] = start + cols
+                self.sink_valid[rows, slots] = True
+
+        @staticmethod
+        def _cat_latents(a, b):
+            return b if a is None else a.cat(b)
+
+        def expanded(self):
+            """Every stored token's K (after RoPE) and V, for other attentions."""
+            p = self.preset
+            k = p.expand(self.layer, "k", self.zk)
+            if p.kv_source == "pre_rope" and self.cache.rotary is not None:
+                cos, sin = self.cache.rope(k, self.positions(0, self.length).clamp_min(0))
+                k = k * cos + _rotate_half(k) * sin
+            v = p.expand(self.layer, "v", self.zv)
+            if self.sink_k is not None:
+                rows, slots = self.sink_valid.nonzero(as_tuple=True)
+                at = self.sink_at[rows, slots]
+                k[rows, :, at] = self.sink_k[rows, :, slots].to(k.dtype)
+                v[rows, :, at] = self.sink_v[rows, :, slots].to(v.dtype)
+            return k.to(self.dtype), v.to(self.dtype)
 
         def nbytes(self):
-            n = (self.zk.nbytes + self.zv.nbytes) if self.zk is not None else 0
+            n = 0
+            for z in (self.zk, self.zv):
+                if z is not None:
+                    n += z.nbytes
             if self.sink_k is not None:
-                n += self.sink_k.numel() * self.sink_k.element_size() + self.sink_v.numel() * self.sink_v.element_size()
+                n += self.sink_k.numel() * 2 + self.sink_v.numel() * 2
             return n
 
-    class KVTorchCache(DynamicCache):
-        """A transformers cache that stores kvtorch latents instead of full K/V."""
+        # -- attention on the latents
 
-        def __init__(self, preset, model):
-            super().__init__(config=model.config)
-            rotary = None
+        def attend(self, module, query, mask, scaling, softcap=None):
+            """query [B, Hq, q, D] (after RoPE) against every stored token:
+            [B, q, Hq, D]. mask: bool [B, 1, q, T] (True: attend), or None for
+            causal attention over the last q tokens. Long prompts go QBLOCK
+            queries at a time, fewer where [B, Hq, QBLOCK, T] scores would
+            pass SCORES; keys rebuilt for one block are reused by the next."""
+            q, t = query.shape[-2], self.get_seq_length()
+            if mask is None:
+                mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
+            elif mask.dtype != torch.bool:
+                mask = mask > -1  # an additive float mask: -inf (or its finite floor) where masked
+            step = max(1, min(QBLOCK, SCORES // (query.shape[0] * query.shape[1] * t)))
+            if q <= step:
+                return self._attend(query, mask, scaling, softcap)
+            self._rebuilt = {}
+            try:
+                return torch.cat([self._attend(query[:, :, i:i + step], mask[..., i:i + step, :], scaling, softcap)
+                                  for i in range(0, q, step)], dim=1)
+            finally:
+                self._rebuilt = None
+
+        def _attend(self, query, mask, scaling, softcap):
+            b, hq, q, d = query.shape
+            t = self.get_seq_length()
+            hkv = self.preset.heads
+            g = hq // hkv
+            qf = query.float().reshape(b, hkv, g * q, d)  # the query heads of a KV head side by side
+            scores = self._key_scores(qf)  # [B, Hkv, G*q, T]
+            mask = mask.expand(b, 1, q, t)
+            if self.sink_k is not None:
+                # The sink tokens' exact K/V take their slots' places: their
+                # latents are masked out, their scores come first.
+                sinks = self.sink_at.shape[-1]
+                at = self.sink_at.clamp(max=t - 1)[:, None, None, :].expand(b, 1, q, sinks)  # slots past a crop: not valid
+                sink_mask = mask.gather(-1, at) & self.sink_valid[:, None, None, :]
+                pos = self.positions(0, t)
+                is_sink = (pos >= 0) & (pos < sinks)
+                mask = torch.cat([sink_mask, mask & ~is_sink[:, None, None, :]], dim=-1)
+                scores = torch.cat([torch.matmul(qf, self.sink_k.float().transpose(-1, -2)), scores], dim=-1)
+            n = scores.shape[-1]
+            scores = scores * scaling
+            if softcap is not None:
+                scores = torch.tanh(scores / softcap) * softcap
+            scores = scores.view(b, hkv, g, q, n).masked_fill(~mask.view(b, 1, 1, q, n), float("-inf"))
+            a = torch.softmax(scores, dim=-1).nan_to_num(0.0).view(b, hkv, g * q, n)  # a fully masked row attends to nothing
+            out = self._values(a[..., n - t:])  # [B, Hkv, G*q, D]
+            if self.sink_v is not None:
+                out = out + torch.matmul(a[..., :n - t], self.sink_v.float())
+            return out.view(b, hq, q, -1).transpose(1, 2).to(query.dtype)
+
+        def _blocks(self):
+            t = self.get_seq_length()
+            for start in range(0, t, BLOCK):
+                yield start, min(start + BLOCK, t)
+
+        def _key_scores(self, qf):
+            p = self.preset
+            if not (p.kv_source == "pre_rope" and self.cache.rotary is not None):
+                side = self.sides["k"]
+                return torch.cat([side.scores(qf, _latents_slice(self.zk, start, stop))
+                                  for start, stop in self._blocks()], dim=-1)
+            # Pre-RoPE keys are rebuilt a block at a time and rotated to their positions.
+            out = []
+            for start, stop in self._blocks():
+                k = None if self._rebuilt is None else self._rebuilt.get(start)
+                if k is None:
+                    k = p.expand(self.layer, "k", _latents_slice(self.zk, start, stop))  # [B, Hkv, t, D]
+                    cos, sin = self.cache.rope(k, self.positions(start, stop).clamp_min(0))
+                    k = k * cos + _rotate_half(k) * sin
+                    if self._rebuilt is not None:
+                        self._rebuilt[start] = k
+                out.append(torch.matmul(qf, k.transpose(-1, -2)))
+            return torch.cat(out, dim=-1)
+
+        def _values(self, a):
+            side, acc = self.sides["v"], None
+            for start, stop in self._blocks():
+                acc = _add(acc, side.weigh(a[..., start:stop], _latents_slice(self.zv, start, stop)))
+            return side.values(acc, a.sum(-1, keepdim=True), a.shape[:3])
+
+    def kvtorch_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        """The attention "kvtorch": on the latents for a KVTorchCache layer,
+        else the model's own attention."""
+        layer = getattr(_pending, "layer", None)
+        _pending.layer = None
+        if layer is None or layer.layer != module.layer_idx or layer.pending is None:
+            inner, eager = _inner_attention(module)
+            if eager and (attention_mask is None or attention_mask.dtype == torch.bool):
+                # Masks are made as sdpa's: boolean, or None for plain causal
+                # attention; eager attention adds a float mask to the scores.
+                if attention_mask is None:
+                    q, t = query.shape[-2], key.shape[-2]
+                    attention_mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
+                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                    ~attention_mask, torch.finfo(query.dtype).min)
+            return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        k_new, v_new = layer.pending
+        layer.pending = None
+        b, t = k_new.shape[0], k_new.shape[-2]
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            start = layer.get_seq_length()
+            pos = torch.arange(start, start + t, device=k_new.device)[None].expand(b, t)
+        pos = pos.expand(b, t).clone()
+        if attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.shape[-1] >= t:
+            # Padding (masked for itself, on the diagonal) gets position -1: never a sink.
+            own = attention_mask[:, 0, -t:, -t:].diagonal(dim1=-2, dim2=-1)
+            pos = pos.masked_fill(~own, -1)
+        layer.append(k_new, v_new, pos)
+        if scaling is None:
+            scaling = module.head_dim ** -0.5
+        out = layer.attend(module, query, attention_mask, scaling, getattr(module, "attn_logit_softcapping", None))
+        return out, None
+
+    def _inner_attention(module):
+        """The model's own attention, and whether it is eager attention (sdpa
+        ignores Gemma 2's soft-capping)."""
+        if getattr(module.config, "attn_logit_softcapping", None):
+            import sys
+
+            return sys.modules[type(module).__module__].eager_attention_forward, True
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward, False
+
+    AttentionInterface.register("kvtorch", kvtorch_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("kvtorch", sdpa_mask)  # boolean masks, as sdpa's
+
+    class KVTorchCache(Cache):
+        """A transformers cache that stores kvtorch latents instead of full
+        K/V, with attention computed on them (see the module's docs)."""
+
+        def __init__(self, preset, model, latent_attention=True):
+            cfg = model.config
+            if preset.preset["num_layers"] != cfg.num_hidden_layers:
+                raise ValueError(f"the preset has {preset.preset['num_layers']} layers, the model {cfg.num_hidden_layers}")
+            self.preset = preset
+            self.config = cfg
+            self.rotary = None
             if preset.kv_source == "pre_rope":
-                rotary = model.model.rotary_emb
-            self.layers = [KVTorchLayer(preset, i, rotary) for i in range(len(preset.layers))]
+                if getattr(cfg, "model_type", "") == "gemma3_text":
+                    raise NotImplementedError("pre-RoPE presets of Gemma 3 (two rotary bases) are not supported by the "
+                                              "cache: export the model with --kv-source post_rope")
+                self.rotary = model.model.rotary_emb
+            if preset.kv_source == "mla_latent":
+                latent_attention = False  # DeepSeek's attention expands the latent itself
+            if latent_attention:
+                model.set_attn_implementation("kvtorch")
+            super().__init__(layers=[KVTorchLayer(self, i) for i in range(cfg.num_hidden_layers)])
+
+        def attention_installed(self):
+            return getattr(self.config, "_attn_implementation", None) == "kvtorch"
+
+        def rope(self, x, pos):
+            """cos, sin [B, 1, T, D] in float32 for positions pos [B, T]."""
+            cos, sin = self.rotary(x, pos)
+            return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
 
         def nbytes(self):
             """Bytes held, all layers: latents, scales and the sink tokens."""

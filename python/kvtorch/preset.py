@@ -72,8 +72,11 @@ def _resolve(path, near):
 def _quantize(z, bits):
     """Per-token absmax quantization of z [..., r] -> (data, float16 scale)."""
     levels = 2 ** (bits - 1) - 1
-    scale = (z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels).to(torch.float16)
-    q = torch.round(z / scale.float()).clamp(-levels, levels).to(torch.int8)
+    step = z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels
+    # Rounded with the float32 step, as kvtorch's hook rounds (so the same
+    # levels are chosen); the step is stored as float16.
+    q = torch.round(z / step).clamp(-levels, levels).to(torch.int8)
+    scale = step.to(torch.float16)
     if bits == 8:
         return q, scale
     u = (q + 8).to(torch.uint8)  # 1..15
@@ -173,6 +176,45 @@ class Preset:
             b, _, t, _ = xf.shape
             return xf[:, 0].view(b, t, self.heads, s["dim"]).transpose(1, 2).to(dtype)
         return (torch.matmul(lat, U.transpose(-1, -2)) + s["mean"][:, None, :].to(lat.device)).to(dtype)
+
+    def hook_buffers(self, layer, kind):
+        """The KVHook buffers (kvtorch.hook) that make an exported model
+        compute this side as kvtorch eval measured it: float32 tensors by
+        buffer name. Sides the preset leaves alone get the identity."""
+        s = self.side(layer, kind)
+        h, d = self.heads, s["dim"]
+        e = h * d
+        down, mean, qscale, qhead = torch.eye(e), torch.zeros(e), torch.ones(e), 1.0
+        if s["compressed"] and s["basis"] != "none":
+            down = torch.zeros(e, e)
+            r = s["rank"]
+            if s["basis"] == "joint":
+                down[:, :r] = s["U"].float().cpu()
+                qscale[:r] = s["qscale"].cpu()
+                qhead = 0.0
+            else:  # block diagonal: head i's latents at columns i*D ..
+                for i in range(h):
+                    down[i * d:(i + 1) * d, i * d:i * d + r] = s["U"][i].float().cpu()
+            mean = s["mean"].float().cpu().flatten()
+        return {"down": down, "up": down.T.contiguous(), "mean": mean, "bits": torch.tensor(float(s["bits"])),
+                "qscale": qscale, "qhead": torch.tensor(qhead),
+                "sink": torch.tensor(float(self.sinks if s["compressed"] else 0))}
+
+    def apply(self, model, meta):
+        """Sets the hooks of an exported model (torch.jit.load of a kvtorch
+        export; meta: its kvtorch.json as a dict) to this preset, in place."""
+        if meta.get("format_version") != 2:
+            raise ValueError("the model's hooks are not of format 2: export it again with python -m kvtorch.export")
+        if meta["n_layers"] != len(self.layers) or meta["n_kv_heads"] != self.heads:
+            raise ValueError("the preset was made for a model of another shape")
+        with torch.no_grad():
+            for l in range(len(self.layers)):
+                for kind in KINDS:
+                    hook = model
+                    for part in meta["hook"][kind].format(layer=l).split("."):
+                        hook = getattr(hook, part)
+                    for name, t in self.hook_buffers(l, kind).items():
+                        getattr(hook, name).copy_(t)
 
     def bytes_per_token(self, layer):
         """The preset's accounting for a layer (both sides), per compressed token."""

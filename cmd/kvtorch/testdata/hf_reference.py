@@ -1,22 +1,38 @@
 """An independent computation on the real model with HuggingFace alone, for
 cmd/kvtorch's real-model test.
 
-Usage: python hf_reference.py HF_DIR SEQ_LEN MAX_TOKENS FILE...
+Usage: python hf_reference.py [--preset PRESET] HF_DIR SEQ_LEN MAX_TOKENS FILE...
 
-Prints JSON: {"ids": {file: ids}, "ppl": perplexity}: the tokenizer's ids of
-each file (tokenizers' encode), and the eager transformers model's
-perplexity over non-overlapping windows of SEQ_LEN tokens of the files
-joined by EOS, at most MAX_TOKENS predicted tokens, as kvtorch defines it.
+Prints JSON: {"ids": {file: ids}, "ppl": perplexity, "tokens": n}: the
+tokenizer's ids of each file (tokenizers' encode), and the transformers
+model's perplexity over non-overlapping windows of SEQ_LEN tokens of the
+files joined by EOS, at most MAX_TOKENS predicted tokens, as kvtorch defines
+it. With --preset the model runs with kvtorch.KVTorchCache holding the
+preset's latents, and the JSON adds "cache_bytes" (after the first window)
+and "generated" (20 greedy tokens after the first 64 of the text, with the
+cache, and with transformers' DynamicCache).
 """
 import json
 import math
+import os
 import sys
 
-import torch
-from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-hf_dir, seq_len, max_tokens, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+
+logging.disable_progress_bar()
+args = sys.argv[1:]
+preset = None
+if args[:1] == ["--preset"]:
+    from kvtorch import KVTorchCache, Preset
+
+    preset, args = Preset(args[1]), args[2:]
+hf_dir, seq_len, max_tokens, files = args[0], int(args[1]), int(args[2]), args[3:]
 torch.set_num_threads(2)
 tok = Tokenizer.from_file(f"{hf_dir}/tokenizer.json")
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -29,11 +45,18 @@ for f in files:
     stream += ids[f] + [eos]
 n = max_tokens // (seq_len - 1)
 windows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)][:n]
-nll, count = 0.0, 0
+nll, count, extra = 0.0, 0, {}
 with torch.no_grad():
     for w in windows:
         x = torch.tensor([w])
-        logits = model(input_ids=x).logits[0, :-1].double()
+        cache = None if preset is None else KVTorchCache(preset, model)
+        logits = model(input_ids=x, past_key_values=cache, use_cache=cache is not None).logits[0, :-1].double()
         nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += len(w) - 1
-print(json.dumps({"ids": ids, "ppl": math.exp(nll / count), "tokens": count}))
+        extra.setdefault("cache_bytes", None if cache is None else cache.nbytes())
+    if preset is not None:
+        prompt = torch.tensor([stream[:64]])
+        ours = model.generate(prompt, past_key_values=KVTorchCache(preset, model), max_new_tokens=20, do_sample=False)
+        theirs = model.generate(prompt, max_new_tokens=20, do_sample=False)
+        extra["generated"] = {"kvtorch": ours[0, 64:].tolist(), "dynamic": theirs[0, 64:].tolist()}
+print(json.dumps({"ids": ids, "ppl": math.exp(nll / count), "tokens": count, **extra}))

@@ -1,0 +1,248 @@
+"""KVTorchCache as transformers uses it: the attention on the latents against
+transformers' own attention, prefill against token-by-token decoding, and the
+cache operations generate relies on (crop, beam reordering, batch selection,
+left padding)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import kvtorch.cache as kvcache
+from kvtorch import KVTorchCache, Preset
+from test_preset import CALIB_TEXT, EVAL_TEXT, KVTORCH, kvtorch, write_texts
+from tiny_models import tiny_model
+
+pytestmark = pytest.mark.skipif(not os.path.exists(KVTORCH), reason="bin/kvtorch is not built (make build)")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """(arch, kv) -> (model.pt, calib.pt, eval texts) of a tiny random model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CALIB_TEXT + EVAL_TEXT, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    root = tmp_path_factory.mktemp("cache")
+    calib, evald = write_texts(root / "calib", CALIB_TEXT), write_texts(root / "eval", EVAL_TEXT)
+    done = {}
+
+    def get(arch, kv):
+        if (arch, kv) not in done:
+            d = root / f"{arch}-{kv}"
+            tiny_model(arch).save_pretrained(d / "hf")
+            (d / "hf" / "tokenizer.json").write_text(tok.to_str())
+            model_pt, cal = str(d / "model.pt"), str(d / "calib.pt")
+            subprocess.run([sys.executable, "-m", "kvtorch.export", str(d / "hf"), "-o", model_pt, "--kv-source", kv],
+                           check=True, capture_output=True)
+            kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64",
+                    "--min-tokens", "8")
+            done[(arch, kv)] = (model_pt, cal, evald)
+        return done[(arch, kv)]
+    return get
+
+
+def preset_for(calibrated, tmp_path, arch, kv, *setting):
+    model_pt, cal, evald = calibrated(arch, kv)
+    out = str(tmp_path / "preset.json")
+    kvtorch("eval", "--json", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
+            "--output", out, *setting)
+    return Preset(out)
+
+
+def ids(n, batch=1, seed=1):
+    return torch.randint(3, 400, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, x, cache, **kw):
+    with torch.no_grad():
+        return model(input_ids=x, past_key_values=cache, use_cache=True, **kw).logits.float()
+
+
+# Full rank and 16 bits: the cache stores K/V as float16, so its attention
+# must give transformers' own logits up to float16 rounding.
+@pytest.mark.parametrize("arch,kv,basis", [("llama", "post_rope", "joint"), ("llama", "pre_rope", "head"),
+                                           ("qwen3", "pre_rope", "joint"), ("gemma2", "post_rope", "head")])
+def test_full_rank_matches_transformers(calibrated, tmp_path, arch, kv, basis):
+    m = tiny_model(arch)
+    d = m.config.head_dim if getattr(m.config, "head_dim", None) else m.config.hidden_size // m.config.num_attention_heads
+    rank = d * (m.config.num_key_value_heads if basis == "joint" else 1)
+    preset = preset_for(calibrated, tmp_path, arch, kv, "--basis", basis, "--rank-k", str(rank), "--rank-v", str(rank))
+    x = ids(40)
+    want = logits(m, x, DynamicCache(config=m.config))
+    got = logits(m, x, KVTorchCache(preset, m))
+    assert m.config._attn_implementation == "kvtorch"
+    assert (got - want).abs().max() < 1e-2 * want.abs().max(), (got - want).abs().max()
+    # The model still runs with other caches (kvtorch's attention falls back to the model's own).
+    again = logits(m, x, DynamicCache(config=m.config))
+    assert torch.allclose(again, want, atol=1e-5)
+
+
+SETTINGS = [("llama", "post_rope", ["--basis", "joint", "--rank-k", "12", "--rank-v", "20", "--bits", "8"]),
+            ("llama", "pre_rope", ["--basis", "joint", "--rank-k", "12", "--rank-v", "20", "--bits", "4"]),
+            ("llama", "post_rope", ["--basis", "head", "--rank-k", "8", "--rank-v", "12", "--bits", "16"]),
+            ("qwen2", "pre_rope", ["--basis", "none", "--bits", "4", "--sinks", "2"])]
+
+
+@pytest.mark.parametrize("arch,kv,setting", SETTINGS)
+def test_decode_matches_prefill(calibrated, tmp_path, monkeypatch, arch, kv, setting):
+    """A compressed cache gives the same logits whether the tokens come in one
+    prefill or one at a time (each token is stored once, the same way)."""
+    preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
+    m = tiny_model(arch)
+    x = ids(24)
+    want = logits(m, x, KVTorchCache(preset, m))
+    cache = KVTorchCache(preset, m)
+    steps = [logits(m, x[:, :10], cache)]
+    for i in range(10, 24):
+        steps.append(logits(m, x[:, i:i + 1], cache))
+    got = torch.cat(steps, dim=1)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert cache.get_seq_length() == 24
+    # Long prompts are scored a block of queries, and a block of stored tokens, at a time.
+    monkeypatch.setattr(kvcache, "QBLOCK", 5)
+    monkeypatch.setattr(kvcache, "BLOCK", 7)
+    assert torch.allclose(logits(m, x, KVTorchCache(preset, m)), want, atol=1e-4)
+    # Compression did something: the logits differ from the uncompressed model's.
+    assert not torch.allclose(want, logits(m, x, DynamicCache(config=m.config)), atol=1e-3)
+
+
+@pytest.mark.parametrize("arch,kv,setting", SETTINGS)
+def test_logits_match_kvtorch_eval(calibrated, tmp_path, arch, kv, setting):
+    """At each position, the logits through the cache are those of the
+    exported model with its hooks set to the preset: what kvtorch eval
+    measures (up to the cache's float16 storage of scales and latents)."""
+    import json
+
+    preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
+    extra = {"kvtorch.json": ""}
+    hooked = torch.jit.load(calibrated(arch, kv)[0], _extra_files=extra)
+    preset.apply(hooked, json.loads(extra["kvtorch.json"]))
+    m = tiny_model(arch)
+    x = ids(48, batch=2)
+    with torch.no_grad():
+        want = hooked(x)[0].float()
+    got = logits(m, x, KVTorchCache(preset, m))
+    plain = logits(m, x, DynamicCache(config=m.config))
+    err, effect = (got - want).abs().max(), (plain - want).abs().max()
+    assert err < 0.01 * effect, (err, effect)  # the compression's effect, reproduced to 1%
+
+
+@pytest.mark.parametrize("arch,kv,setting", SETTINGS[:2])
+def test_cache_operations(calibrated, tmp_path, arch, kv, setting):
+    preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
+    m = tiny_model(arch)
+    x = ids(20, batch=2)
+    whole = logits(m, x, KVTorchCache(preset, m))
+
+    # crop (assisted decoding): cut back to 12 tokens, then decode 12..19 again.
+    cache = KVTorchCache(preset, m)
+    logits(m, x, cache)
+    cache.crop(12)
+    assert cache.get_seq_length() == 12
+    again = torch.cat([logits(m, x[:, i:i + 1], cache) for i in range(12, 20)], dim=1)
+    assert torch.allclose(again, whole[:, 12:], atol=1e-4)
+    # a crop into the sink tokens drops them, and they are stored again.
+    cache.crop(2)
+    again = torch.cat([logits(m, x[:, i:i + 1], cache) for i in range(2, 20)], dim=1)
+    assert torch.allclose(again, whole[:, 2:], atol=1e-4)
+
+    # reorder_cache (beam search): the rows swapped decode as the swapped batch.
+    cache = KVTorchCache(preset, m)
+    logits(m, x[:, :19], cache)
+    cache.reorder_cache(torch.tensor([1, 0]))
+    got = logits(m, x.flip(0)[:, 19:], cache)
+    assert torch.allclose(got, whole.flip(0)[:, 19:], atol=1e-4)
+
+    # batch_select_indices and batch_repeat_interleave (contrastive search, num_return_sequences).
+    cache = KVTorchCache(preset, m)
+    logits(m, x[:, :19], cache)
+    cache.batch_select_indices(torch.tensor([1]))
+    assert torch.allclose(logits(m, x[1:, 19:], cache), whole[1:, 19:], atol=1e-4)
+    cache = KVTorchCache(preset, m)
+    logits(m, x[:1, :19], cache)
+    cache.batch_repeat_interleave(3)
+    assert torch.allclose(logits(m, x[:1, 19:].expand(3, 1), cache), whole[:1, 19:].expand(3, 1, -1), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,kv,setting", SETTINGS[:2])
+def test_left_padding(calibrated, tmp_path, arch, kv, setting):
+    """In a left-padded batch each row's logits are its logits alone: padding
+    is never attended to and never taken for a sink token."""
+    preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
+    m = tiny_model(arch)
+    long, short = ids(20, seed=2), ids(13, seed=3)
+    pad = 20 - 13
+    x = torch.cat([long, torch.cat([torch.zeros(1, pad, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(x)
+    mask[1, :pad] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = KVTorchCache(preset, m)
+    got = logits(m, x, cache, attention_mask=mask, position_ids=pos)
+    assert torch.allclose(got[:1], logits(m, long, KVTorchCache(preset, m)), atol=1e-4)
+    alone = logits(m, short, KVTorchCache(preset, m))
+    assert torch.allclose(got[1:, pad:], alone, atol=1e-4)
+    # one more token each, through the same cache
+    nxt = ids(1, batch=2, seed=4)
+    mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    step = logits(m, nxt, cache, attention_mask=mask, position_ids=torch.tensor([[20], [13]]))
+    alone_cache = KVTorchCache(preset, m)
+    logits(m, short, alone_cache)
+    assert torch.allclose(step[1:], logits(m, nxt[1:], alone_cache), atol=1e-4)
+
+
+def test_generate_greedy_and_beam(calibrated, tmp_path):
+    """generate with the cache: greedy picks the argmax of the logits the
+    cache gives for the whole sequence; beam search and sampling run, with
+    padding, and the cache holds the bytes the preset counts."""
+    preset = preset_for(calibrated, tmp_path, "llama", "pre_rope", "--basis", "joint", "--rank-k", "12",
+                        "--rank-v", "20", "--bits", "8")
+    m = tiny_model("llama")
+    prompt = ids(12)
+    cache = KVTorchCache(preset, m)
+    with torch.no_grad():
+        out = m.generate(prompt, past_key_values=cache, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 22)
+    full = logits(m, out, KVTorchCache(preset, m))
+    top2 = full[0, 11:21].topk(2, dim=-1)
+    picked = full[0, 11:21].gather(-1, out[0, 12:22, None])[:, 0]
+    # each token is the argmax, up to ties within float noise
+    assert ((picked - top2.values[:, 0]).abs() < 1e-4).all(), (out, top2)
+    meta = preset.preset
+    # 21 tokens stored (the last generated token is never fed back)
+    assert cache.nbytes() == meta["sink_tokens"] * meta["bytes_per_token_before"] + 21 * meta["bytes_per_token_compressed"]
+
+    batch = torch.cat([ids(12, seed=5), torch.cat([torch.zeros(1, 4, dtype=torch.long), ids(8, seed=6)], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        beams = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=6,
+                           num_beams=3, do_sample=False, pad_token_id=0)
+        sampled = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=6,
+                             do_sample=True, num_return_sequences=2, pad_token_id=0)
+    assert beams.shape == (2, 18) and sampled.shape == (4, 18)
+
+
+@pytest.mark.parametrize("arch,kv,basis", [("llama", "post_rope", "joint"), ("qwen2", "pre_rope", "head")])
+def test_full_rank_generates_as_dynamic_cache(calibrated, tmp_path, arch, kv, basis):
+    """At full rank and 16 bits, greedy and beam search give DynamicCache's tokens."""
+    m = tiny_model(arch)
+    d = m.config.hidden_size // m.config.num_attention_heads
+    rank = d * (m.config.num_key_value_heads if basis == "joint" else 1)
+    preset = preset_for(calibrated, tmp_path, arch, kv, "--basis", basis, "--rank-k", str(rank), "--rank-v", str(rank))
+    batch = torch.cat([ids(12, seed=7), torch.cat([torch.zeros(1, 5, dtype=torch.long), ids(7, seed=8)], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :5] = 0
+    for kw in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
+        with torch.no_grad():
+            want = m.generate(batch, attention_mask=mask, past_key_values=DynamicCache(config=m.config),
+                              max_new_tokens=16, pad_token_id=0, **kw)
+            got = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=16,
+                             pad_token_id=0, **kw)
+        assert torch.equal(got, want), (kw, got, want)
