@@ -13,6 +13,9 @@
 #include <torch/version.h>
 
 #include <cstdlib>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -394,6 +397,15 @@ kvt_err kvt_mean(const kvt_tensor *t, const int64_t *dims, int ndims, int keepdi
   const at::Tensor &x = tensor_of(t);
   *out = wrap(ndims == 0 ? x.mean() : x.mean(dims_of(dims, ndims), keepdim != 0));
   KVT_CATCH
+}
+
+int kvt_map_large_allocations(size_t bytes) {
+#if defined(__GLIBC__) && defined(M_MMAP_THRESHOLD)
+  return mallopt(M_MMAP_THRESHOLD, static_cast<int>(bytes));
+#else
+  (void)bytes;
+  return 0;
+#endif
 }
 
 kvt_err kvt_exp(const kvt_tensor *t, kvt_tensor **out) {

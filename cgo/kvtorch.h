@@ -137,6 +137,13 @@ kvt_err kvt_eigh(const kvt_tensor *t, kvt_tensor **eigenvalues, kvt_tensor **eig
 /* Reduced SVD of the last two dims: A = U diag(S) Vh, S descending. */
 kvt_err kvt_svd(const kvt_tensor *t, kvt_tensor **u, kvt_tensor **s, kvt_tensor **vh);
 
+/* Makes the C allocator (glibc malloc, which libtorch's CPU tensors use)
+ * serve allocations of at least bytes with mmap, returned to the system when
+ * freed, instead of its dynamic threshold (which rises to 32 MB and lets
+ * tensors of a few MB fragment the heap). Process-wide: for main to call.
+ * Returns 0 where it is not supported. */
+int kvt_map_large_allocations(size_t bytes);
+
 /* ---- TorchScript modules ---- */
 
 void kvt_module_free(kvt_module *m);

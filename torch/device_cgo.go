@@ -34,3 +34,12 @@ func Version() string { return C.GoString(C.kvt_torch_version()) }
 
 // ManualSeed seeds libtorch's random number generators (CPU and CUDA).
 func ManualSeed(seed uint64) { C.kvt_manual_seed(C.uint64_t(seed)) }
+
+// MapLargeAllocations makes the C allocator (glibc's malloc, which libtorch's
+// CPU tensors use) serve allocations of at least n bytes with mmap and give
+// them back to the system when they are freed. By default glibc raises that
+// threshold up to 32 MB as large blocks are freed, after which tensors of a
+// few MB fragment the heap. The price is a page fault per page of every such
+// allocation. Process-wide, so for main to decide; it reports whether the
+// allocator took the setting.
+func MapLargeAllocations(n int) bool { return C.kvt_map_large_allocations(C.size_t(n)) != 0 }

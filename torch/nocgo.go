@@ -77,3 +77,4 @@ func CUDADeviceCount() int          { return 0 }
 func DefaultDevice() Device         { return CPU }
 func Version() string               { return "none (built without cgo)" }
 func ManualSeed(uint64)             {}
+func MapLargeAllocations(int) bool  { return false }

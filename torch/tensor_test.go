@@ -151,6 +151,14 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+func TestMapLargeAllocations(t *testing.T) {
+	if runtime.GOOS == "linux" && !MapLargeAllocations(4<<20) {
+		t.Fatal("glibc refused the mmap threshold")
+	}
+	x := must(Zeros(Float32, CPU, 1<<21)) // 8 MB: now from mmap
+	defer x.Close()
+}
+
 // rssBytes reads this process's resident set size from /proc.
 func rssBytes(t *testing.T) int64 {
 	b, err := os.ReadFile("/proc/self/statm")
