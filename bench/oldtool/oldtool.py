@@ -134,8 +134,11 @@ def apply(model, meta, cal, target, bits):
                 down = down.expand(h, d, d)
                 mean = cal["layers"][l][s]["mean"].float().to(DEVICE).expand(h, d)
                 b = bits
+            up = down.transpose(-1, -2)
+            if buffers[prefix + ".down"].dim() == 2:  # hook format 2: [E, E] over the heads joined
+                down, up, mean = torch.block_diag(*down), torch.block_diag(*up), mean.flatten()
             buffers[prefix + ".down"].copy_(down)
-            buffers[prefix + ".up"].copy_(down.transpose(-1, -2))
+            buffers[prefix + ".up"].copy_(up)
             buffers[prefix + ".mean"].copy_(mean)
             buffers[prefix + ".bits"].fill_(b)
 

@@ -91,18 +91,20 @@ def main(argv=None):
             out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
                                  max_new_tokens=a.max_new_tokens, do_sample=a.sample,
                                  pad_token_id=model.config.eos_token_id)
-        return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True), time.perf_counter() - start
+        new = out.shape[1] - ids.shape[1]
+        return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True), new, time.perf_counter() - start
 
-    text, secs = run(cache)
-    n = cache.get_seq_length()
+    text, new, secs = run(cache)
     print(text)
-    print(f"[kvtorch cache: {n} tokens in {cache.nbytes() / 1e6:.2f} MB; {secs:.1f} s]", file=sys.stderr)
+    print(f"[KVTorchCache: {cache.get_seq_length()} tokens in {cache.nbytes() / 1e6:.2f} MB; "
+          f"{new} new tokens in {secs:.1f} s, {new / secs:.1f} tokens/s including the prompt]", file=sys.stderr)
     if a.compare:
         dyn = DynamicCache(config=model.config)
-        text, secs = run(dyn)
+        text, new, secs = run(dyn)
         print("--- with DynamicCache:")
         print(text)
-        print(f"[DynamicCache: {dyn.get_seq_length()} tokens in {dynamic_nbytes(dyn) / 1e6:.2f} MB (float32); {secs:.1f} s]",
+        print(f"[DynamicCache: {dyn.get_seq_length()} tokens in {dynamic_nbytes(dyn) / 1e6:.2f} MB "
+              f"({next(model.parameters()).dtype}); {new} new tokens in {secs:.1f} s, {new / secs:.1f} tokens/s]",
               file=sys.stderr)
 
 
