@@ -152,8 +152,9 @@ def install_hooks(model, kv_source):
     if kv_source == "post_rope":
         from transformers import AttentionInterface
 
-        AttentionInterface.register("kvtorch", kvtorch_attention)
-        model.set_attn_implementation("kvtorch")
+        # Its own name: kvtorch.cache registers "kvtorch" for generation.
+        AttentionInterface.register("kvtorch_export", kvtorch_attention)
+        model.set_attn_implementation("kvtorch_export")
     else:
         model.set_attn_implementation(impl)
     return d, d, heads
