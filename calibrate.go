@@ -15,7 +15,7 @@ import (
 // CalibrateOptions say how to calibrate. Zero values take the defaults.
 type CalibrateOptions struct {
 	MaxLength   int    // tokens per sequence (512; at most the model's positions)
-	BatchSize   int    // sequences per forward pass (8)
+	BatchSize   int    // sequences per forward pass (8 on CUDA, 1 on the CPU)
 	NumSamples  int    // documents used, chosen with Seed (0: all)
 	Seed        uint64 // choosing and ordering documents
 	MinTokens   int    // documents with fewer tokens are skipped (32; -1: none)
@@ -36,7 +36,7 @@ func (o *CalibrateOptions) defaults(m *Model) error {
 	}
 	o.MaxLength = min(o.MaxLength, m.Meta.MaxPositions)
 	if o.BatchSize == 0 {
-		o.BatchSize = 8
+		o.BatchSize = defaultBatch(m, 8)
 	}
 	if o.MinTokens == 0 {
 		o.MinTokens = 32

@@ -161,3 +161,14 @@ func readHashCache(path string) map[string]hashEntry {
 	}
 	return known
 }
+
+// defaultBatch is the batch size on m's device: cuda on CUDA, 1 on the CPU,
+// where batching gains nothing and multiplies the activations' memory
+// (SmolLM2-135M, 2 cores, 8 calibration files: batch 1 took 60.8 s and
+// 1.8 GB, batch 8 72.3 s and 4.0 GB).
+func defaultBatch(m *Model, cuda int) int {
+	if m.Device.IsCUDA() {
+		return cuda
+	}
+	return 1
+}

@@ -23,17 +23,17 @@ type Source struct {
 type EvalOptions struct {
 	SeqLen      int // tokens per window (512)
 	MaxTokens   int // predicted tokens at most (0: all the text)
-	BatchSize   int // windows per forward pass (4)
+	BatchSize   int // windows per forward pass (4 on CUDA, 1 on the CPU)
 	Context     int // the context length compression ratios are counted at (4096)
 	ProbeTokens int // predicted tokens of the small sample tune probes on (2 windows)
 }
 
-func (o *EvalOptions) defaults() error {
+func (o *EvalOptions) defaults(m *Model) error {
 	if o.SeqLen == 0 {
 		o.SeqLen = 512
 	}
 	if o.BatchSize == 0 {
-		o.BatchSize = 4
+		o.BatchSize = defaultBatch(m, 4)
 	}
 	if o.Context == 0 {
 		o.Context = compress.DefaultContext
@@ -89,7 +89,7 @@ func (s *Session) Close() error {
 // NewSession checks that the calibration is the model's, cuts the held-out
 // text into windows and measures the baseline (uncompressed) perplexity.
 func NewSession(ctx context.Context, m *Model, cal *kvfile.Calibration, src Source, texts *kvfile.Corpus, o EvalOptions, progress Progress) (*Session, error) {
-	if err := o.defaults(); err != nil {
+	if err := o.defaults(m); err != nil {
 		return nil, fmt.Errorf("kvtorch: %w", err)
 	}
 	if o.SeqLen > m.Meta.MaxPositions {

@@ -24,8 +24,9 @@ var (
 		Usage: "cpu, cuda or cuda:N (default: the device the model was traced for)"}
 	seqLenFlag = &cli.IntFlag{Name: "seq-len", Value: 512, EnvVars: []string{"KVTORCH_SEQ_LEN"},
 		Usage: "tokens per window (sequence); longer texts are cut into several"}
-	batchFlag = func(def int) *cli.IntFlag {
-		return &cli.IntFlag{Name: "batch-size", Value: def, EnvVars: []string{"KVTORCH_BATCH_SIZE"}, Usage: "windows (sequences) per forward pass"}
+	batchFlag = func(cuda int) *cli.IntFlag {
+		return &cli.IntFlag{Name: "batch-size", EnvVars: []string{"KVTORCH_BATCH_SIZE"},
+			Usage: fmt.Sprintf("windows (sequences) per forward pass (default: %d on CUDA, 1 on the CPU)", cuda)}
 	}
 	maxTokensFlag = &cli.IntFlag{Name: "max-tokens", EnvVars: []string{"KVTORCH_MAX_TOKENS"},
 		Usage: "measure at most this many predicted tokens (0: all the text; tokenization stops there)"}
