@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 import kvtorch.cache as kvcache
 from kvtorch import KVTorchCache, Preset
-from test_preset import CALIB_TEXT, EVAL_TEXT, KVTORCH, kvtorch, write_texts
+from test_preset import CALIB_TEXT, EVAL_TEXT, KVTORCH, kvtorch, train_tiny_tokenizer, write_texts
 from tiny_models import tiny_model
 
 pytestmark = pytest.mark.skipif(not os.path.exists(KVTORCH), reason="bin/kvtorch is not built (make build)")
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(KVTORCH), reason="bin/kvtorch
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """(arch, kv) -> (model.pt, calib.pt, eval texts) of a tiny random model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CALIB_TEXT + EVAL_TEXT, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tokenizer_json = train_tiny_tokenizer()
     root = tmp_path_factory.mktemp("cache")
     calib, evald = write_texts(root / "calib", CALIB_TEXT), write_texts(root / "eval", EVAL_TEXT)
     done = {}
@@ -37,7 +30,7 @@ def calibrated(tmp_path_factory):
         if (arch, kv) not in done:
             d = root / f"{arch}-{kv}"
             tiny_model(arch).save_pretrained(d / "hf")
-            (d / "hf" / "tokenizer.json").write_text(tok.to_str())
+            (d / "hf" / "tokenizer.json").write_text(tokenizer_json)
             model_pt, cal = str(d / "model.pt"), str(d / "calib.pt")
             subprocess.run([sys.executable, "-m", "kvtorch.export", str(d / "hf"), "-o", model_pt, "--kv-source", kv],
                            check=True, capture_output=True)
@@ -54,6 +47,16 @@ def preset_for(calibrated, tmp_path, arch, kv, *setting):
     kvtorch("eval", "--json", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
             "--output", out, *setting)
     return Preset(out)
+
+
+def tolerance(setting):
+    """How far logits of one computation reached by two paths may differ.
+    Tokens stored one at a time carry the float rounding of another matrix
+    shape than a prompt's; with quantized latents that rounding can move a
+    value across a quantization boundary (one 8-bit level measured 2e-4 in
+    the logits of these tiny models; a 4-bit level is 16 times coarser)."""
+    bits = setting[setting.index("--bits") + 1] if "--bits" in setting else "16"
+    return {"16": 1e-4, "8": 1e-3}.get(bits, 1e-2)
 
 
 def ids(n, batch=1, seed=1):
@@ -103,7 +106,7 @@ def test_decode_matches_prefill(calibrated, tmp_path, monkeypatch, arch, kv, set
     for i in range(10, 24):
         steps.append(logits(m, x[:, i:i + 1], cache))
     got = torch.cat(steps, dim=1)
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert torch.allclose(got, want, atol=tolerance(setting)), (got - want).abs().max()
     assert cache.get_seq_length() == 24
     # Long prompts are scored a block of queries, and a block of stored tokens, at a time.
     monkeypatch.setattr(kvcache, "QBLOCK", 5)
@@ -140,6 +143,7 @@ def test_cache_operations(calibrated, tmp_path, arch, kv, setting):
     m = tiny_model(arch)
     x = ids(20, batch=2)
     whole = logits(m, x, KVTorchCache(preset, m))
+    tol = tolerance(setting)
 
     # crop (assisted decoding): cut back to 12 tokens, then decode 12..19 again.
     cache = KVTorchCache(preset, m)
@@ -147,28 +151,28 @@ def test_cache_operations(calibrated, tmp_path, arch, kv, setting):
     cache.crop(12)
     assert cache.get_seq_length() == 12
     again = torch.cat([logits(m, x[:, i:i + 1], cache) for i in range(12, 20)], dim=1)
-    assert torch.allclose(again, whole[:, 12:], atol=1e-4)
+    assert torch.allclose(again, whole[:, 12:], atol=tol)
     # a crop into the sink tokens drops them, and they are stored again.
     cache.crop(2)
     again = torch.cat([logits(m, x[:, i:i + 1], cache) for i in range(2, 20)], dim=1)
-    assert torch.allclose(again, whole[:, 2:], atol=1e-4)
+    assert torch.allclose(again, whole[:, 2:], atol=tol)
 
     # reorder_cache (beam search): the rows swapped decode as the swapped batch.
     cache = KVTorchCache(preset, m)
     logits(m, x[:, :19], cache)
     cache.reorder_cache(torch.tensor([1, 0]))
     got = logits(m, x.flip(0)[:, 19:], cache)
-    assert torch.allclose(got, whole.flip(0)[:, 19:], atol=1e-4)
+    assert torch.allclose(got, whole.flip(0)[:, 19:], atol=tol)
 
     # batch_select_indices and batch_repeat_interleave (contrastive search, num_return_sequences).
     cache = KVTorchCache(preset, m)
     logits(m, x[:, :19], cache)
     cache.batch_select_indices(torch.tensor([1]))
-    assert torch.allclose(logits(m, x[1:, 19:], cache), whole[1:, 19:], atol=1e-4)
+    assert torch.allclose(logits(m, x[1:, 19:], cache), whole[1:, 19:], atol=tol)
     cache = KVTorchCache(preset, m)
     logits(m, x[:1, :19], cache)
     cache.batch_repeat_interleave(3)
-    assert torch.allclose(logits(m, x[:1, 19:].expand(3, 1), cache), whole[:1, 19:].expand(3, 1, -1), atol=1e-4)
+    assert torch.allclose(logits(m, x[:1, 19:].expand(3, 1), cache), whole[:1, 19:].expand(3, 1, -1), atol=tol)
 
 
 @pytest.mark.parametrize("arch,kv,setting", SETTINGS[:2])
@@ -185,16 +189,16 @@ def test_left_padding(calibrated, tmp_path, arch, kv, setting):
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     cache = KVTorchCache(preset, m)
     got = logits(m, x, cache, attention_mask=mask, position_ids=pos)
-    assert torch.allclose(got[:1], logits(m, long, KVTorchCache(preset, m)), atol=1e-4)
+    assert torch.allclose(got[:1], logits(m, long, KVTorchCache(preset, m)), atol=tolerance(setting))
     alone = logits(m, short, KVTorchCache(preset, m))
-    assert torch.allclose(got[1:, pad:], alone, atol=1e-4)
+    assert torch.allclose(got[1:, pad:], alone, atol=tolerance(setting))
     # one more token each, through the same cache
     nxt = ids(1, batch=2, seed=4)
     mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
     step = logits(m, nxt, cache, attention_mask=mask, position_ids=torch.tensor([[20], [13]]))
     alone_cache = KVTorchCache(preset, m)
     logits(m, short, alone_cache)
-    assert torch.allclose(step[1:], logits(m, nxt[1:], alone_cache), atol=1e-4)
+    assert torch.allclose(step[1:], logits(m, nxt[1:], alone_cache), atol=tolerance(setting))
 
 
 def test_generate_greedy_and_beam(calibrated, tmp_path):

@@ -56,8 +56,8 @@ def ppl_of(logits_fn, wins):
     return math.exp(nll / n)
 
 
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
+def train_tiny_tokenizer():
+    """A byte-level BPE tokenizer of 400 ids trained on the test texts, as JSON."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -67,6 +67,11 @@ def tiny_tokenizer(tmp_path_factory):
         vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     return tok.to_str()
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    return train_tiny_tokenizer()
 
 
 @pytest.mark.parametrize("arch,kv", [("llama", "pre_rope"), ("llama", "post_rope"), ("qwen2", "pre_rope"),
