@@ -85,18 +85,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	var got os.Signal
+	handled := make(chan os.Signal, 1) // the signal that stopped the work, or nil
 	go func() {
+		var got os.Signal
 		select {
 		case got = <-sigs:
 			atomicfile.Abort() // no half-written file stays behind, whatever the work is doing
 			cancel()
 		case <-ctx.Done():
 		}
+		handled <- got
 	}()
 	app := newApp(stdout, stderr)
 	err := app.RunContext(ctx, reorderArgs(app, args))
-	if got != nil {
+	cancel()
+	if got := <-handled; got != nil {
+		atomicfile.Resume() // the work has stopped; a later run in this process (the tests) may write again
 		fmt.Fprintln(stderr, "kvtorch: interrupted")
 		if got == syscall.SIGTERM {
 			return 143

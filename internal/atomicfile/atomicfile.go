@@ -32,6 +32,14 @@ func Abort() {
 	}
 }
 
+// Resume lets writes succeed again after Abort, once the interrupted work
+// has stopped (a program that handles one command line after another).
+func Resume() {
+	mu.Lock()
+	defer mu.Unlock()
+	aborted = false
+}
+
 func track(name string) error {
 	mu.Lock()
 	defer mu.Unlock()
