@@ -19,9 +19,12 @@ pre=${1:-build/bench/smollm2/p3.json}
 [ -f "$W/post-16-8-4.json" ] || /usr/bin/time -f "tune: wall %e s, max RSS %M KB" $K tune -q --model "$W/post.pt" \
   --calibration "$W/calib-post.pt" --texts testdata/eval --max-tokens 4096 --bits 16,8,4 --check-texts testdata/legal \
   --output "$W/post-16-8-4.json"
+[ -f "$W/post-16-8.json" ] || $K tune -q --model "$W/post.pt" --calibration "$W/calib-post.pt" --texts testdata/eval \
+  --max-tokens 4096 --bits 16,8 --check-texts testdata/legal --output "$W/post-16-8.json"
 [ -f "$W/post-none8.json" ] || $K eval --json --model "$W/post.pt" --calibration "$W/calib-post.pt" --texts testdata/eval \
   --max-tokens 4096 --basis none --bits 8 --output "$W/post-none8.json" > /dev/null
 
-presets=(--preset "post-RoPE, tune 16/8/4=$W/post-16-8-4.json" --preset "post-RoPE, plain 8-bit=$W/post-none8.json")
+presets=(--preset "post-RoPE, tune 16/8/4=$W/post-16-8-4.json" --preset "post-RoPE, tune 16/8=$W/post-16-8.json"
+  --preset "post-RoPE, plain 8-bit=$W/post-none8.json")
 [ -f "$pre" ] && presets+=(--preset "pre-RoPE, tune 16/8/4=$pre")
 "$PY" bench/cachebench.py --model "$D/hf" "${presets[@]}" --contexts 1024,4096,16384 --json "$W/cachebench.json"
