@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -13,6 +14,31 @@ func runCLI(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	code := run(append([]string{"kvtorch"}, args...), &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+// evalReport is what `kvtorch eval --json` prints.
+type evalReport struct {
+	Baseline float64 `json:"baseline_ppl"`
+	Tokens   int     `json:"tokens"`
+	Rows     []struct {
+		Label string  `json:"label"`
+		PPL   float64 `json:"ppl"`
+		Ratio float64 `json:"compression_ratio"`
+	} `json:"rows"`
+}
+
+// runEval runs `kvtorch eval --json` with args and decodes its report.
+func runEval(t *testing.T, args ...string) evalReport {
+	t.Helper()
+	code, out, e := runCLI(append([]string{"eval", "--json"}, args...)...)
+	if code != 0 {
+		t.Fatal(e)
+	}
+	var rep evalReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }
 
 func TestVersion(t *testing.T) {

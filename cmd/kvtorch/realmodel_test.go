@@ -97,26 +97,12 @@ func TestRealModel(t *testing.T) {
 
 	// 3. Perplexity: kvtorch's baseline is the transformers model's; a
 	// compressed setting costs something, finitely.
-	evalArgs := []string{"eval", "--json", "--model", model, "--calibration", cal, "--seq-len", "512", "--max-tokens", "2044",
+	evalArgs := []string{"--model", model, "--calibration", cal, "--seq-len", "512", "--max-tokens", "2044",
 		"--rank-k", "96", "--rank-v", "144", "--bits", "8"}
 	for _, f := range append(calibTexts, evalTexts...) {
 		evalArgs = append(evalArgs, "--texts", f)
 	}
-	code, evalOut, e := runCLI(evalArgs...)
-	if code != 0 {
-		t.Fatal(e)
-	}
-	var rep struct {
-		Baseline float64 `json:"baseline_ppl"`
-		Tokens   int     `json:"tokens"`
-		Rows     []struct {
-			PPL   float64 `json:"ppl"`
-			Ratio float64 `json:"compression_ratio"`
-		} `json:"rows"`
-	}
-	if err := json.Unmarshal([]byte(evalOut), &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := runEval(t, evalArgs...)
 	if rep.Tokens != ref.Tokens || math.Abs(rep.Baseline/ref.PPL-1) > 1e-4 {
 		t.Fatalf("baseline perplexity %v over %d tokens, transformers %v over %d", rep.Baseline, rep.Tokens, ref.PPL, ref.Tokens)
 	}
@@ -131,7 +117,7 @@ func TestRealModel(t *testing.T) {
 	// KVTorchCache inside transformers' own model: the perplexity kvtorch
 	// measured (up to the cache's float16 scales), at the bytes it counted.
 	preset := filepath.Join(t.TempDir(), "preset.json")
-	code, _, e = runCLI(append(evalArgs, "--output", preset)...)
+	code, _, e = runCLI(append(append([]string{"eval"}, evalArgs...), "--output", preset)...)
 	if code != 0 {
 		t.Fatal(e)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,21 +38,8 @@ func TestPerplexityGrowsAsRankFalls(t *testing.T) {
 // monotonic checks that perplexity never falls as the uniform rank falls
 // (the first rank being the full one).
 func monotonic(t *testing.T, model, cal string, args []string) {
-	code, out, e := runCLI(append([]string{"eval", "--json", "--model", model, "--calibration", cal, "--texts", "../../testdata/eval",
+	rep := runEval(t, append([]string{"--model", model, "--calibration", cal, "--texts", "../../testdata/eval",
 		"--max-tokens", "8192"}, args...)...)
-	if code != 0 {
-		t.Fatal(e)
-	}
-	var rep struct {
-		Baseline float64 `json:"baseline_ppl"`
-		Rows     []struct {
-			Label string  `json:"label"`
-			PPL   float64 `json:"ppl"`
-		} `json:"rows"`
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatal(err)
-	}
 	if len(rep.Rows) != 8 {
 		t.Fatalf("rows: %+v", rep.Rows)
 	}

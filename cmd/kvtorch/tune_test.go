@@ -29,22 +29,8 @@ func tinyCalibrated(t *testing.T) (model, cal, evalDir string) {
 
 func TestFullRankEqualsBaseline(t *testing.T) {
 	model, cal, evalDir := tinyCalibrated(t)
-	code, out, e := runCLI("eval", "--json", "--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64",
+	rep := runEval(t, "--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64",
 		"--rank-k", "16", "--rank-v", "16", "--basis", "head")
-	if code != 0 {
-		t.Fatal(e)
-	}
-	var rep struct {
-		Baseline float64 `json:"baseline_ppl"`
-		Tokens   int     `json:"tokens"`
-		Rows     []struct {
-			PPL   float64 `json:"ppl"`
-			Ratio float64 `json:"compression_ratio"`
-		} `json:"rows"`
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatal(err)
-	}
 	if len(rep.Rows) != 2 || rep.Tokens == 0 {
 		t.Fatalf("report: %+v", rep)
 	}
