@@ -226,6 +226,23 @@ func (s *scratch) keep(t *torch.Tensor, err error) (*torch.Tensor, error) {
 	return t, err
 }
 
+// sum64 sums every element of t in float64 and returns the sum.
+func (s *scratch) sum64(t *torch.Tensor) (float64, error) {
+	t64, err := s.keep(t.ToDType(torch.Float64))
+	if err != nil {
+		return 0, err
+	}
+	sum, err := s.keep(t64.Sum(false))
+	if err != nil {
+		return 0, err
+	}
+	v, err := sum.Float64s()
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}
+
 // free closes every recorded tensor.
 func (s *scratch) free() {
 	for _, t := range *s {

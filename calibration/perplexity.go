@@ -40,34 +40,11 @@ func Perplexity(ctx context.Context, m *Model, w *kvfile.Windows, batchSize int,
 // window. The log-softmax is taken one window at a time: the batch's logits
 // [B, T, V] are the forward's, but no second tensor of their size is made.
 func windowNLL(m *Model, win [][]int) (float64, error) {
-	b, t := len(win), len(win[0])
-	ids := make([]int64, 0, b*t)
-	for _, w := range win {
-		for _, id := range w {
-			ids = append(ids, int64(id))
-		}
-	}
 	var tmp scratch
 	defer tmp.free()
-	keep := tmp.keep
-	cpu, err := keep(torch.FromSlice(ids, int64(b), int64(t)))
+	logits, err := forwardLogits(m, &tmp, win)
 	if err != nil {
 		return 0, err
-	}
-	dev, err := keep(cpu.ToDevice(m.Device))
-	if err != nil {
-		return 0, err
-	}
-	out, err := m.Forward(dev)
-	if err != nil {
-		return 0, err
-	}
-	defer out.Close()
-	logits := out.Logits
-	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) { // padded vocabularies
-		if logits, err = keep(logits.Narrow(2, 0, int64(m.Meta.VocabSize))); err != nil {
-			return 0, err
-		}
 	}
 	total := 0.0
 	for i, w := range win {
@@ -78,6 +55,38 @@ func windowNLL(m *Model, win [][]int) (float64, error) {
 		total += v
 	}
 	return total, nil
+}
+
+// forwardLogits runs windows of one length through the model and returns
+// their logits [B, T, V], any padding of the vocabulary cut off; tmp owns
+// them. The K/V outputs are freed at once.
+func forwardLogits(m *Model, tmp *scratch, win [][]int) (*torch.Tensor, error) {
+	b, t := len(win), len(win[0])
+	ids := make([]int64, 0, b*t)
+	for _, w := range win {
+		for _, id := range w {
+			ids = append(ids, int64(id))
+		}
+	}
+	cpu, err := tmp.keep(torch.FromSlice(ids, int64(b), int64(t)))
+	if err != nil {
+		return nil, err
+	}
+	dev, err := tmp.keep(cpu.ToDevice(m.Device))
+	if err != nil {
+		return nil, err
+	}
+	out, err := m.Forward(dev)
+	if err != nil {
+		return nil, err
+	}
+	logits, _ := tmp.keep(out.Logits, nil)
+	out.Logits = nil // tmp's now
+	out.Close()
+	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) { // padded vocabularies
+		return tmp.keep(logits.Narrow(2, 0, int64(m.Meta.VocabSize)))
+	}
+	return logits, nil
 }
 
 func rowNLL(m *Model, logits *torch.Tensor, row int64, w []int) (float64, error) {
@@ -113,19 +122,8 @@ func rowNLL(m *Model, logits *torch.Tensor, row int64, w []int) (float64, error)
 	if err != nil {
 		return 0, err
 	}
-	g64, err := keep(g.ToDType(torch.Float64))
-	if err != nil {
-		return 0, err
-	}
-	s, err := keep(g64.Sum(false))
-	if err != nil {
-		return 0, err
-	}
-	v, err := s.Float64s()
-	if err != nil {
-		return 0, err
-	}
-	return -v[0], nil
+	v, err := tmp.sum64(g)
+	return -v, err
 }
 
 // logProbs runs one window and returns the log-probabilities of the next
@@ -134,31 +132,13 @@ func logProbs(m *Model, w []int) (*torch.Tensor, error) {
 	var tmp scratch
 	defer tmp.free()
 	keep := tmp.keep
-	ids := make([]int64, len(w))
-	for i, id := range w {
-		ids[i] = int64(id)
-	}
-	cpu, err := keep(torch.FromSlice(ids, 1, int64(len(w))))
+	all, err := forwardLogits(m, &tmp, [][]int{w})
 	if err != nil {
 		return nil, err
 	}
-	dev, err := keep(cpu.ToDevice(m.Device))
+	logits, err := keep(all.Narrow(1, 0, int64(len(w)-1)))
 	if err != nil {
 		return nil, err
-	}
-	out, err := m.Forward(dev)
-	if err != nil {
-		return nil, err
-	}
-	defer out.Close()
-	logits, err := keep(out.Logits.Narrow(1, 0, int64(len(w)-1)))
-	if err != nil {
-		return nil, err
-	}
-	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) {
-		if logits, err = keep(logits.Narrow(2, 0, int64(m.Meta.VocabSize))); err != nil {
-			return nil, err
-		}
 	}
 	f32, err := keep(logits.ToDType(torch.Float32))
 	if err != nil {
@@ -243,17 +223,5 @@ func windowKL(m *Model, w []int, base *torch.Tensor) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	s64, err := keep(perToken.ToDType(torch.Float64))
-	if err != nil {
-		return 0, err
-	}
-	s, err := keep(s64.Sum(false))
-	if err != nil {
-		return 0, err
-	}
-	v, err := s.Float64s()
-	if err != nil {
-		return 0, err
-	}
-	return v[0], nil
+	return tmp.sum64(perToken)
 }
