@@ -224,8 +224,8 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 					}
 					e := o.Spectra(sd.l, sd.k, o.Basis, r)
 					delta := sens[sd] * cost(1-e+quant[b]*e)
-					if cost := float64(c.Bytes(g, sd.k)) + lambda*delta; cost < bestCost {
-						best, bestCost, bestDelta = c, cost, delta
+					if total := float64(c.Bytes(g, sd.k)) + lambda*delta; total < bestCost {
+						best, bestCost, bestDelta = c, total, delta
 					}
 				}
 			}
