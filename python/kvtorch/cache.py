@@ -40,7 +40,7 @@ import threading
 
 import torch
 
-from kvtorch.preset import Latents, Preset, _dequantize  # noqa: F401 - Preset: the type the cache is built from
+from kvtorch.preset import Latents
 
 try:
     from transformers import AttentionInterface
@@ -332,7 +332,7 @@ if Cache is not None:
 
         # -- attention on the latents
 
-        def attend(self, module, query, mask, scaling, softcap=None):
+        def attend(self, query, mask, scaling, softcap=None):
             """query [B, Hq, q, D] (after RoPE) against every stored token:
             [B, q, Hq, D]. mask: bool [B, 1, q, T] (True: attend), or None for
             causal attention over the last q tokens. Long prompts go QBLOCK
@@ -443,7 +443,7 @@ if Cache is not None:
         layer.append(k_new, v_new, pos)
         if scaling is None:
             scaling = module.head_dim ** -0.5
-        out = layer.attend(module, query, attention_mask, scaling, getattr(module, "attn_logit_softcapping", None))
+        out = layer.attend(query, attention_mask, scaling, getattr(module, "attn_logit_softcapping", None))
         return out, None
 
     def _inner_attention(module):

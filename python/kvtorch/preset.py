@@ -15,10 +15,11 @@ the preset says so) instead of full K/V, for real memory savings in generate:
 
 A side of a layer uses a basis per KV head ("head": latents [B, H, T, r]),
 one joint basis over the heads joined ("joint": latents [B, 1, T, r], r
-counting all heads), or none ("none": the elements themselves, quantized). Storage: 16-bit latents as float16; 8-bit as int8 with
-one float16 absmax scale per token and quantization group (per head for a
-per-head basis; for a joint basis one per token, of the latents divided by
-their standard deviation first); 4-bit as two values per uint8 with the same
+counting all heads), or none ("none": the elements themselves, quantized).
+Storage: 16-bit latents as float16; 8-bit as int8 with one float16 absmax
+scale per token and quantization group (per head for a per-head basis or
+none; for a joint basis one per token, of the latents divided by their
+standard deviation first); 4-bit as two values per uint8 with the same
 scale; sides the preset leaves uncompressed, and the first sink_tokens
 tokens of every sequence, as float16. This is exactly the accounting of the
 preset's bytes (docs/preset-format.md), and exactly what kvtorch eval
