@@ -104,7 +104,7 @@ test: build real-model
 	CGO_ENABLED=0 $(GO) vet ./...
 	$(GO) test -count=1 ./...
 	CGO_ENABLED=0 $(GO) test -count=1 ./torch ./pt ./tokenizer
-	cd python && $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests
+	cd python && PYTHONSAFEPATH=1 $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests  # the installed package, not ./kvtorch
 
 ## demo: the main job on the bundled reference model: calibrate, tune at +5%, check
 demo: build
