@@ -22,7 +22,7 @@ REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmode
 
 # The kvtorch Python package (python/), installed into the venv; reinstalled
 # when its sources change (the stamp's name holds their hash).
-PYSRC := python/pyproject.toml $(sort $(wildcard python/kvtorch/*.py))
+PYSRC := python/pyproject.toml python/setup.py $(sort $(wildcard python/kvtorch/*.py python/kvtorch/*.c))
 PYPKG := $(VENV)/.kvtorch-python-$(shell cat $(PYSRC) | sha256sum | cut -c1-12)
 QUANTO := $(VENV)/.kvtorch-quanto-0.2.7
 
@@ -36,18 +36,23 @@ export KVTORCH_REAL_MODEL_DIR := $(REAL_DIR)
 ## deps: system packages, the Python venv (torch, ...) with the kvtorch
 ## package, Go modules, and the reference model exported to TorchScript;
 ## quick when present
-deps: $(VENV)/.kvtorch-complete $(PYPKG) $(REFMODEL)
-	@for tool in cmake g++ $(GO); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+deps: tools $(VENV)/.kvtorch-complete $(PYPKG) $(REFMODEL)
+	@$(GO) mod download
+
+# System tools: cmake, and C/C++ compilers (libkvtorch, cgo, and the C
+# kernels pip builds with the Python package).
+.PHONY: tools
+tools:
+	@for tool in cmake gcc g++ $(GO); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing with apt-get"; \
-	  apt-get update -qq && apt-get install -y -qq cmake g++ make >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq cmake gcc g++ make >/dev/null; \
 	fi
-	@$(GO) mod download
 
 $(VENV)/.kvtorch-complete: requirements.txt scripts/deps.sh
 	@bash scripts/deps.sh >/dev/null
 
-$(PYPKG): | $(VENV)/.kvtorch-complete
+$(PYPKG): | tools $(VENV)/.kvtorch-complete
 	@rm -f $(VENV)/.kvtorch-python-*
 	@log=$$($(KVTORCH_PYTHON) -m pip install --no-deps --no-build-isolation --force-reinstall ./python 2>&1) \
 	  || { echo "$$log"; exit 1; }

@@ -12,7 +12,8 @@ decodes --rounds × --steps tokens, one forward pass per token, the caches
 taking turns round by round. Reported: the median seconds per decoding step,
 its ratio to DynamicCache's, and the bytes each cache holds at the end,
 measured from the storages of the tensors it references (a tensor shared
-twice counts once); for KVTorchCache also the preset's count (sink tokens ·
+twice counts once; KVTorchCache's room for the tokens to come included);
+for KVTorchCache also the preset's count (sink tokens ·
 bytes_per_token_before + T · bytes_per_token_compressed). On CUDA, the peak
 memory allocated during decoding is reported too.
 
@@ -32,7 +33,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
 
-from kvtorch import KVTorchCache, Latents, Preset  # noqa: E402
+from kvtorch import KVTorchCache, Latents, Preset, latent  # noqa: E402
 
 PREFILL = 2048
 
@@ -64,7 +65,7 @@ def held_bytes(obj):
         elif isinstance(x, dict):
             for y in x.values():
                 walk(y, depth + 1)
-        elif isinstance(x, Latents):
+        elif isinstance(x, (Latents, latent.Store)):
             walk(x.data, depth + 1)
             walk(x.scale, depth + 1)
 

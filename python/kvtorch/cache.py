@@ -4,7 +4,7 @@ attention that works on them.
     from kvtorch import KVTorchCache, Preset
     cache = KVTorchCache(Preset("preset.json"), model)      # model: a transformers causal LM
     out = model.generate(ids, past_key_values=cache, max_new_tokens=100)
-    cache.nbytes()                                           # bytes held
+    cache.nbytes()                                           # bytes of the tokens stored
 
 Creating the cache registers the attention "kvtorch" and selects it for the
 model (model.set_attn_implementation("kvtorch")): for this cache it computes
@@ -19,8 +19,13 @@ usable with DynamicCache. Per layer and per decoding step:
   keys of pre-RoPE presets are rebuilt BLOCK tokens at a time and rotated
   to their positions, without keeping a full-size copy (slower: RoPE does
   not commute with the projection);
-- quantized latents are read as stored (int8; packed 4-bit by nibble
-  plane), their per-token scales applied to the scores and weights;
+- latents are read as stored (float16, int8, packed 4-bit), their
+  per-token scales applied to the scores and weights: on the CPU by the C
+  kernels of kvtorch.latent, which convert 16 tokens of a coordinate at a
+  time in registers, so a step reads each latent byte once (PyTorch has no
+  CPU product of int8 data with float queries); on other devices (or where
+  the package was installed without a C compiler: kvtorch.latent.available
+  is False) with torch, BLOCK tokens converted at a time;
 - each row's first sink_tokens tokens (positions below the preset's
   sink_tokens, after any left padding) are kept exact, as kvtorch eval
   measured them.
@@ -30,16 +35,21 @@ reorder_cache (beam search), batch_select_indices, batch_repeat_interleave,
 and left-padded batches with an attention mask. Positions must run on from
 each row's first real token (as generate makes them).
 
-Storage: the latents of every token (float16, or int8 / packed 4-bit with a
-float16 scale per token and group), and float16 copies of each row's sink
-tokens: sink_tokens · bytes_per_token_before + T · bytes_per_token_compressed
-bytes after T tokens per row (the preset counts the sinks' latents out; the
-cache keeps them, 4 tokens' worth, so that every position has its latents).
+Storage (kvtorch.latent.Store): the latents of every token (float16, or int8
+/ packed 4-bit with a float16 scale per token and group), by tiles of 64
+tokens, and float16 copies of each row's sink tokens: nbytes() =
+sink_tokens · bytes_per_token_before + T · bytes_per_token_compressed bytes
+after T tokens per row (the preset counts the sinks' latents out; the cache
+keeps them, 4 tokens' worth, so that every position has its latents). The
+buffers grow as tokens come, leaving room for max(16, T/64) more tokens
+rounded up to a tile, so that a decoding step copies nothing: they hold up
+to 1/64 more, plus the last tile's padding.
 """
 import threading
 
 import torch
 
+from kvtorch import latent
 from kvtorch.preset import Latents
 
 try:
@@ -61,15 +71,6 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _latents_slice(z, start, stop):
-    scale = None if z.scale is None else z.scale[..., start:stop, :]
-    return Latents(z.data[..., start:stop, :], scale, z.bits, z.rank)
-
-
-def _latents_map(z, fn):
-    return None if z is None else Latents(fn(z.data), None if z.scale is None else fn(z.scale), z.bits, z.rank)
-
-
 class _Side:
     """One side (K or V) of one layer, prepared for attention on its latents.
 
@@ -81,6 +82,8 @@ class _Side:
     head (G = H). The joint basis' normalisation of quantized latents is
     folded into U. 4-bit latents are packed two per byte: even coordinates
     in the low nibble, odd ones in the high one, so U is split the same way.
+    The C kernels (kvtorch.latent) read stored rows as they are; uk [H, D,
+    n] is U laid out the way they read them.
     """
 
     def __init__(self, preset, layer, kind):
@@ -107,6 +110,8 @@ class _Side:
         if self.bits == 4:
             self.u_lo, self.u_hi = self.u[..., 0::2].contiguous(), self.u[..., 1::2].contiguous()
             self.ut_lo, self.ut_hi = self.ut[:, 0::2].contiguous(), self.ut[:, 1::2].contiguous()
+        self.uk = latent.layout(self.u, self.bits)  # [H, D, n]
+        self.ukt = self.uk.transpose(-1, -2).contiguous()  # [H, n, D]
 
     def to(self, device):
         for name, v in list(vars(self).items()):
@@ -115,9 +120,31 @@ class _Side:
         return self
 
     def _grouped(self, x):
-        """[B, H, n, w] -> [B, G, H/G * n, w]: a joint basis' heads side by side."""
+        """[B, H, n, w] -> [B, G, H/G * n, w]: a joint basis' heads side by
+        side (a view)."""
         b, h, n, w = x.shape
-        return x.reshape(b, self.groups, h // self.groups * n, w)
+        return x.view(b, self.groups, h // self.groups * n, w)
+
+    def kernel_scores(self, qf, store, tokens, out):
+        """Writes qf [B, H, n, D] · the keys of the first T = tokens tokens of
+        a latent.Store into out [B, H, n, T] (rows contiguous), with the C
+        kernel."""
+        latent.scores(store, tokens, self._grouped(torch.matmul(qf, self.uk)), self._grouped(out))
+        if self.mean is not None:
+            out += torch.matmul(qf, self.mean[:, :, None])
+
+    def kernel_values(self, a, store, tokens):
+        """The heads' values [B, H, n, D] for weights a [B, H, n, T] (tokens
+        contiguous) over the first T = tokens tokens of a latent.Store, with
+        the C kernel."""
+        b, h, n, _ = a.shape
+        ag = self._grouped(a)
+        acc = torch.empty(*ag.shape[:3], self.uk.shape[-1])
+        latent.weigh(store, tokens, ag, acc)
+        out = torch.matmul(acc.view(b, h, n, -1), self.ukt)
+        if self.mean is not None:
+            out = out + a.sum(-1, keepdim=True) * self.mean[:, None, :]
+        return out
 
     def scores(self, qf, z):
         """qf [B, H, n, D] · the keys of latents z: [B, H, n, t]."""
@@ -182,7 +209,7 @@ if Cache is not None:
             super().__init__()
             self.cache, self.preset, self.layer = cache, cache.preset, layer
             self.sides = None  # _Side of K and V, on the cache's device
-            self.zk = self.zv = None  # Latents of every token, [B, G, T, w]
+            self.zk = self.zv = None  # latent.Store of every token's latents
             self.length = 0  # T
             self.first = None  # int64 [B]: where each row's position 0 is stored (after its left padding)
             self.sink_k = self.sink_v = None  # float16 [B, H, s, D]: each row's tokens at positions 0 .. s-1
@@ -197,6 +224,7 @@ if Cache is not None:
             self.dtype, self.device = key_states.dtype, key_states.device
             self.keys = self.values = torch.empty(0, dtype=self.dtype, device=self.device)  # placeholders
             self.sides = {k: _Side(self.preset, self.layer, k).to(self.device) for k in ("k", "v")}
+            self.kernel = latent.available and self.device.type == "cpu"
             self.is_initialized = True
 
         def update(self, key_states, value_states, *args, **kwargs):
@@ -232,13 +260,12 @@ if Cache is not None:
             keep = max(min(keep, n), 0)
             if keep == n:
                 return
-            self.zk, self.zv = _latents_slice(self.zk, 0, keep), _latents_slice(self.zv, 0, keep)
-            self.length = keep
+            self.length = keep  # the buffers stay, for the tokens to come
             if self.sink_at is not None:  # sinks stored at or past the cut are gone
                 self.sink_valid = self.sink_valid & (self.sink_at < keep)
 
         def _select(self, fn):
-            self.zk, self.zv = _latents_map(self.zk, fn), _latents_map(self.zv, fn)
+            self.zk, self.zv = self.zk.select(fn), self.zv.select(fn)
             for name in ("first", "sink_k", "sink_v", "sink_valid", "sink_at"):
                 if getattr(self, name) is not None:
                     setattr(self, name, fn(getattr(self, name)))
@@ -256,6 +283,12 @@ if Cache is not None:
                 self._select(lambda x: x.repeat_interleave(repeats, dim=0))
 
         # -- storage
+
+        def stored(self, kind, start=0, stop=None):
+            """Latents [B, G, stop - start, w] of side kind ("k", "v"), tokens
+            start .. stop-1 (default: all), a copy."""
+            z = self.zk if kind == "k" else self.zv
+            return z.read(start, self.length if stop is None else stop)
 
         def positions(self, start, stop):
             """int64 [B, stop - start]: the positions of stored tokens start ..
@@ -276,12 +309,12 @@ if Cache is not None:
                     raise ValueError("KVTorchCache: position ids must run on from the tokens stored (as generate "
                                      "makes them), with padding on the left only")
             k = key_states.float()
-            if p.kv_source == "pre_rope" and self.cache.rotary is not None:
+            if self._rebuilds():
                 cos, sin = self.cache.rope(k, pos.clamp_min(0))
                 k = k * cos - _rotate_half(k) * sin  # back to before RoPE
-            self.zk = self._cat_latents(self.zk, p.compress(self.layer, "k", k))
-            self.zv = self._cat_latents(self.zv, p.compress(self.layer, "v", value_states))
             start = self.length
+            self.zk = latent.write(self.zk, p.compress(self.layer, "k", k), start)
+            self.zv = latent.write(self.zv, p.compress(self.layer, "v", value_states), start)
             self.length += t
             s = p.sinks
             if not s:
@@ -302,18 +335,14 @@ if Cache is not None:
                 self.sink_at[rows, slots] = start + cols
                 self.sink_valid[rows, slots] = True
 
-        @staticmethod
-        def _cat_latents(a, b):
-            return b if a is None else a.cat(b)
-
         def expanded(self):
             """Every stored token's K (after RoPE) and V, for other attentions."""
             p = self.preset
-            k = p.expand(self.layer, "k", self.zk)
-            if p.kv_source == "pre_rope" and self.cache.rotary is not None:
+            k = p.expand(self.layer, "k", self.stored("k"))
+            if self._rebuilds():
                 cos, sin = self.cache.rope(k, self.positions(0, self.length).clamp_min(0))
                 k = k * cos + _rotate_half(k) * sin
-            v = p.expand(self.layer, "v", self.zv)
+            v = p.expand(self.layer, "v", self.stored("v"))
             if self.sink_k is not None:
                 rows, slots = self.sink_valid.nonzero(as_tuple=True)
                 at = self.sink_at[rows, slots]
@@ -322,10 +351,12 @@ if Cache is not None:
             return k.to(self.dtype), v.to(self.dtype)
 
         def nbytes(self):
+            """Bytes of the tokens stored (the buffers have room for up to
+            max(16, T/64) more)."""
             n = 0
             for z in (self.zk, self.zv):
                 if z is not None:
-                    n += z.nbytes
+                    n += z.nbytes(self.length)
             if self.sink_k is not None:
                 n += self.sink_k.numel() * 2 + self.sink_v.numel() * 2
             return n
@@ -339,6 +370,8 @@ if Cache is not None:
             queries at a time, fewer where [B, Hq, QBLOCK, T] scores would
             pass SCORES; keys rebuilt for one block are reused by the next."""
             q, t = query.shape[-2], self.get_seq_length()
+            if mask is None and q == 1:
+                return self._attend(query, None, scaling, softcap)  # a decoding step: every token attended
             if mask is None:
                 mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
             elif mask.dtype != torch.bool:
@@ -358,28 +391,40 @@ if Cache is not None:
             t = self.get_seq_length()
             hkv = self.preset.heads
             g = hq // hkv
-            qf = query.float().reshape(b, hkv, g * q, d)  # the query heads of a KV head side by side
-            scores = self._key_scores(qf)  # [B, Hkv, G*q, T]
-            mask = mask.expand(b, 1, q, t)
-            if self.sink_k is not None:
-                # The sink tokens' exact K/V take their slots' places: their
-                # latents are masked out, their scores come first.
-                sinks = self.sink_at.shape[-1]
-                at = self.sink_at.clamp(max=t - 1)[:, None, None, :].expand(b, 1, q, sinks)  # slots past a crop: not valid
-                sink_mask = mask.gather(-1, at) & self.sink_valid[:, None, None, :]
-                pos = self.positions(0, t)
-                is_sink = (pos >= 0) & (pos < sinks)
-                mask = torch.cat([sink_mask, mask & ~is_sink[:, None, None, :]], dim=-1)
-                scores = torch.cat([torch.matmul(qf, self.sink_k.float().transpose(-1, -2)), scores], dim=-1)
-            n = scores.shape[-1]
-            scores = scores * scaling
+            qf = query.float().reshape(b, hkv, g * q, d) * scaling  # the query heads of a KV head side by side
+            sinks = 0 if self.sink_k is None else self.sink_at.shape[-1]
+            n = sinks + t
+            scores = torch.empty(b, hkv, g * q, n, device=qf.device)  # the sinks' first, then every stored token's
+            if self.kernel and not self._rebuilds():
+                self.sides["k"].kernel_scores(qf, self.zk, t, scores[..., sinks:])
+            else:
+                scores[..., sinks:] = self._key_scores(qf)
+            if sinks:
+                torch.matmul(qf, self.sink_k.float().transpose(-1, -2), out=scores[..., :sinks])
             if softcap is not None:
                 scores = torch.tanh(scores / softcap) * softcap
-            scores = scores.view(b, hkv, g, q, n).masked_fill(~mask.view(b, 1, 1, q, n), float("-inf"))
-            a = torch.softmax(scores, dim=-1).nan_to_num(0.0).view(b, hkv, g * q, n)  # a fully masked row attends to nothing
-            out = self._values(a[..., n - t:])  # [B, Hkv, G*q, D]
-            if self.sink_v is not None:
-                out = out + torch.matmul(a[..., :n - t], self.sink_v.float())
+            if mask is None:  # one query per row, every token attended
+                if sinks:
+                    # The sink tokens' exact K/V take their slots' places: a
+                    # sink stored masks its latents out, one not stored (cut
+                    # by a crop) its own slot.
+                    cut = torch.where(self.sink_valid, sinks + self.sink_at,
+                                      torch.arange(sinks, device=qf.device)[None])
+                    scores.view(b, -1, n).scatter_(-1, cut[:, None, :].expand(b, hkv * g * q, sinks), float("-inf"))
+                a = torch.softmax(scores, dim=-1)
+            else:
+                mask = mask.expand(b, 1, q, t)
+                if sinks:
+                    at = self.sink_at.clamp(max=t - 1)[:, None, None, :].expand(b, 1, q, sinks)  # slots past a crop: not valid
+                    sink_mask = mask.gather(-1, at) & self.sink_valid[:, None, None, :]
+                    pos = self.positions(0, t)
+                    is_sink = (pos >= 0) & (pos < sinks)
+                    mask = torch.cat([sink_mask, mask & ~is_sink[:, None, None, :]], dim=-1)
+                scores = scores.view(b, hkv, g, q, n).masked_fill(~mask.view(b, 1, 1, q, n), float("-inf"))
+                a = torch.softmax(scores, dim=-1).nan_to_num(0.0).view(b, hkv, g * q, n)  # a fully masked row attends to nothing
+            out = self._values(a[..., sinks:])  # [B, Hkv, G*q, D]
+            if sinks:
+                out = out + torch.matmul(a[..., :sinks], self.sink_v.float())
             return out.view(b, hq, q, -1).transpose(1, 2).to(query.dtype)
 
         def _blocks(self):
@@ -387,18 +432,22 @@ if Cache is not None:
             for start in range(0, t, BLOCK):
                 yield start, min(start + BLOCK, t)
 
+        def _rebuilds(self):
+            """Whether keys are rebuilt to be scored (pre-RoPE presets)."""
+            return self.preset.kv_source == "pre_rope" and self.cache.rotary is not None
+
         def _key_scores(self, qf):
             p = self.preset
-            if not (p.kv_source == "pre_rope" and self.cache.rotary is not None):
+            if not self._rebuilds():
                 side = self.sides["k"]
-                return torch.cat([side.scores(qf, _latents_slice(self.zk, start, stop))
+                return torch.cat([side.scores(qf, self.stored("k", start, stop))
                                   for start, stop in self._blocks()], dim=-1)
             # Pre-RoPE keys are rebuilt a block at a time and rotated to their positions.
             out = []
             for start, stop in self._blocks():
                 k = None if self._rebuilt is None else self._rebuilt.get(start)
                 if k is None:
-                    k = p.expand(self.layer, "k", _latents_slice(self.zk, start, stop))  # [B, Hkv, t, D]
+                    k = p.expand(self.layer, "k", self.stored("k", start, stop))  # [B, Hkv, t, D]
                     cos, sin = self.cache.rope(k, self.positions(start, stop).clamp_min(0))
                     k = k * cos + _rotate_half(k) * sin
                     if self._rebuilt is not None:
@@ -408,8 +457,10 @@ if Cache is not None:
 
         def _values(self, a):
             side, acc = self.sides["v"], None
+            if self.kernel:
+                return side.kernel_values(a, self.zv, self.length)
             for start, stop in self._blocks():
-                acc = _add(acc, side.weigh(a[..., start:stop], _latents_slice(self.zv, start, stop)))
+                acc = _add(acc, side.weigh(a[..., start:stop], self.stored("v", start, stop)))
             return side.values(acc, a.sum(-1, keepdim=True), a.shape[:3])
 
     def kvtorch_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

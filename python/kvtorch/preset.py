@@ -51,10 +51,6 @@ class Latents:
             n += self.scale.numel() * self.scale.element_size()
         return n
 
-    def cat(self, other):
-        scale = None if self.scale is None else torch.cat([self.scale, other.scale], dim=-2)
-        return Latents(torch.cat([self.data, other.data], dim=-2), scale, self.bits, self.rank)
-
 
 def _sha256(path):
     h = hashlib.sha256()

@@ -112,6 +112,9 @@ def test_decode_matches_prefill(calibrated, tmp_path, monkeypatch, arch, kv, set
     monkeypatch.setattr(kvcache, "QBLOCK", 5)
     monkeypatch.setattr(kvcache, "BLOCK", 7)
     assert torch.allclose(logits(m, x, KVTorchCache(preset, m)), want, atol=1e-4)
+    # Without the C kernels (CUDA, or no C compiler): plain torch, the same logits.
+    monkeypatch.setattr(kvcache.latent, "available", False)
+    assert torch.allclose(logits(m, x, KVTorchCache(preset, m)), want, atol=1e-4)
     # Compression did something: the logits differ from the uncompressed model's.
     assert not torch.allclose(want, logits(m, x, DynamicCache(config=m.config)), atol=1e-3)
 

@@ -1,0 +1,92 @@
+"""The C kernels of kvtorch.latent against plain torch, and the Store they
+read: every storage kind, ranks odd and even, token counts that end inside a
+tile, query rows beyond one tile of the kernels, several threads."""
+import os
+
+import pytest
+import torch
+
+from kvtorch import Latents, latent
+from kvtorch.preset import _dequantize, _quantize
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("KVTORCH_NO_KERNELS")), reason="KVTORCH_NO_KERNELS is set")
+
+
+def test_kernels_built():
+    assert latent.available, "kvtorch._latent was not built with the package (no C compiler?)"
+
+
+def latents(bits, b, g, t, r, seed):
+    z = torch.randn(b, g, t, r, generator=torch.Generator().manual_seed(seed)) * 3
+    if bits == 16:
+        return Latents(z.half(), None, 16, r)
+    data, scale = _quantize(z, bits)
+    return Latents(data, scale, bits, r)
+
+
+def values(z):
+    """The latents' values, float32 [B, G, T, r] (scales applied)."""
+    return _dequantize(z) if z.bits < 16 else z.data.float()
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+@pytest.mark.parametrize("r", [7, 40])
+def test_store_round_trip(bits, r):
+    parts = [latents(bits, 2, 3, n, r, seed) for seed, n in enumerate([100, 1, 1, 1, 70, 200])]
+    store, start = None, 0
+    for z in parts:
+        store = latent.write(store, z, start)
+        start += z.data.shape[-2]
+        assert store.capacity >= start
+    got = store.read(0, start)
+    assert torch.equal(got.data, torch.cat([z.data for z in parts], dim=-2))
+    if bits < 16:
+        assert torch.equal(got.scale, torch.cat([z.scale for z in parts], dim=-2))
+    assert store.nbytes(start) == sum(z.nbytes for z in parts)
+    # Room grows by at most max(16, T/64) tokens, rounded up to a tile.
+    assert store.capacity <= -(-(start + max(16, start // 64)) // latent.TILE) * latent.TILE
+    # Batch rows picked.
+    picked = store.select(lambda x: x[torch.tensor([1])])
+    assert torch.equal(picked.read(0, start).data, got.data[1:])
+    # Overwriting from the middle (after a crop) keeps what is before.
+    again = latent.write(store, parts[0], 50)
+    assert torch.equal(again.read(0, 50).data, got.data[..., :50, :])
+    assert torch.equal(again.read(50, 150).data, parts[0].data)
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+@pytest.mark.parametrize("r,m,t", [(7, 5, 205), (40, 13, 64), (33, 3, 2000), (190, 9, 1000)])
+def test_kernels_match_torch(bits, r, m, t):
+    b, g = 2, 3
+    z = latents(bits, b, g, t, r, seed=r + m)
+    store = latent.write(latent.write(None, latents(bits, b, g, 1, r, 99), 0), z, 0)  # grown, then overwritten
+    store = latent.write(store, z, 0)
+    zv = values(store.read(0, t))
+    gen = torch.Generator().manual_seed(t)
+    q = torch.randn(b, g, m, r, generator=gen)
+    p = latent.layout(q, bits).contiguous()
+    out = torch.full((b, g, m, t + 3), float("nan"))
+    latent.scores(store, t, p, out[..., 3:])  # rows longer than T: the row stride is followed
+    want = torch.matmul(q, zv.transpose(-1, -2))
+    assert torch.allclose(out[..., 3:], want, rtol=1e-5, atol=1e-4 * want.abs().max()), (out[..., 3:] - want).abs().max()
+    assert out[..., :3].isnan().all()  # nothing written before the block
+    a = torch.softmax(torch.randn(b, g, m, t + 2, generator=gen), dim=-1)[..., 2:]  # tokens contiguous, rows strided
+    acc = torch.empty(b, g, m, latent.width(bits, (r + 1) // 2 if bits == 4 else r))
+    latent.weigh(store, t, a, acc)
+    want = torch.matmul(a, zv)
+    if bits == 4:  # the layout's order: even coordinates, then odd ones
+        want = latent.layout(want, 4)
+    else:
+        want = latent.layout(want, bits)
+    assert torch.allclose(acc, want, rtol=1e-5, atol=1e-5 * want.abs().max()), (acc - want).abs().max()
+
+
+def test_kernels_refuse_bad_shapes():
+    z = latents(8, 1, 1, 10, 8, 0)
+    store = latent.write(None, z, 0)
+    with pytest.raises(ValueError, match="queries"):
+        latent.scores(store, 10, torch.zeros(1, 1, 2, 8), torch.empty(1, 1, 2, 10))
+    with pytest.raises(ValueError, match="weights"):
+        latent.weigh(store, 10, torch.zeros(1, 1, 2, 9), torch.empty(1, 1, 2, 16))
+    with pytest.raises(ValueError, match="tokens asked for"):
+        latent.scores(store, 1000, torch.zeros(1, 1, 2, 16), torch.empty(1, 1, 2, 1000))
