@@ -4,4 +4,5 @@ package installs without it and KVTorchCache computes with torch alone."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("kvtorch._latent", ["kvtorch/_latent.c"], optional=True,
-                             extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi"], extra_link_args=["-fopenmp"])])
+                             extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi"], extra_link_args=["-fopenmp"],
+                             libraries=["m"])])

@@ -22,6 +22,7 @@
  * n = wp floats (w rounded up to 16), for 4 bits 2 wp: the even
  * coordinates at 0 .., the odd ones at wp ...
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,6 +371,54 @@ int kvt_weigh(const kvt_latents *z, const float *a, const int64_t as[3], int64_t
             acc[j] += sums[i * size + j];
     free(sums);
     return 0;
+}
+
+/* Writes z [B, G, t, r] (float32, contiguous; r coordinates, w = r, or
+ * (r + 1) / 2 bytes when packed) at tokens start .. start+t-1 of dst, stored
+ * as kvtorch.preset's compress stores it: rounded to float16, or quantized
+ * per token to 8 or 4 bits (absmax: step = max |z| / levels in float32, the
+ * values rounded half to even, the step kept as float16). */
+void kvt_store(const kvt_latents *dst, const float *z, int64_t t, int64_t r, int64_t start) {
+    const int64_t size = dst->kind == 16 ? 2 : 1, bgs = dst->batch * dst->groups;
+    const float levels = dst->kind == 8 ? 127.0f : 7.0f;
+#pragma omp parallel for schedule(static) if (bgs * t * r > (1 << 18))
+    for (int64_t u = 0; u < bgs * t; u++) {
+        int64_t bg = u / t, i = u % t, b = bg / dst->groups, g = bg % dst->groups, pos = start + i;
+        const float *x = z + u * r;
+        uint8_t *o = (uint8_t *)dst->z + (b * dst->zs[0] + g * dst->zs[1] + pos / TILE * dst->zs[2] + pos % TILE) * size;
+        if (dst->kind == 16) {
+            for (int64_t j = 0; j < r; j++) {
+                _Float16 h = (_Float16)x[j];
+                memcpy(o + j * TILE * 2, &h, 2);
+            }
+            continue;
+        }
+        float amax = 0;
+        for (int64_t j = 0; j < r; j++) {
+            float a = fabsf(x[j]);
+            if (!(a <= amax)) /* NaN is kept, as torch's amax keeps it */
+                amax = a;
+        }
+        if (amax < 1e-30f)
+            amax = 1e-30f;
+        float step = amax / levels;
+        _Float16 h = (_Float16)step;
+        memcpy((uint8_t *)dst->scale + (b * dst->ss[0] + g * dst->ss[1] + pos) * 2, &h, 2);
+        for (int64_t j = 0; j < r; j += dst->kind == 8 ? 1 : 2) {
+            float q = nearbyintf(x[j] / step);
+            q = q < -levels ? -levels : q > levels ? levels : q;
+            if (dst->kind == 8) {
+                o[j * TILE] = (uint8_t)(int8_t)q;
+                continue;
+            }
+            float q2 = 0;
+            if (j + 1 < r) {
+                q2 = nearbyintf(x[j + 1] / step);
+                q2 = q2 < -levels ? -levels : q2 > levels ? levels : q2;
+            }
+            o[j / 2 * TILE] = (uint8_t)((int)q + 8) | (uint8_t)(((int)q2 + 8) << 4);
+        }
+    }
 }
 
 /* Tokens per tile (kvtorch.latent checks it is its own). */

@@ -313,8 +313,12 @@ if Cache is not None:
                 cos, sin = self.cache.rope(k, pos.clamp_min(0))
                 k = k * cos - _rotate_half(k) * sin  # back to before RoPE
             start = self.length
-            self.zk = latent.write(self.zk, p.compress(self.layer, "k", k), start)
-            self.zv = latent.write(self.zv, p.compress(self.layer, "v", value_states), start)
+            if self.kernel:  # quantized as they are written
+                self.zk = latent.store(self.zk, *p.project(self.layer, "k", k), start)
+                self.zv = latent.store(self.zv, *p.project(self.layer, "v", value_states), start)
+            else:
+                self.zk = latent.write(self.zk, p.compress(self.layer, "k", k), start)
+                self.zv = latent.write(self.zv, p.compress(self.layer, "v", value_states), start)
             self.length += t
             s = p.sinks
             if not s:

@@ -45,6 +45,9 @@ def _load():
                                        ctypes.c_int64]
             lib.kvt_scores.restype = ctypes.c_int
             lib.kvt_weigh.restype = ctypes.c_int
+            lib.kvt_store.restype = None
+            lib.kvt_store.argtypes = [ctypes.POINTER(_Latents), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_int64]
             lib.kvt_weigh.argtypes = [ctypes.POINTER(_Latents), ctypes.c_void_p, _I64x3, ctypes.c_int64,
                                       ctypes.c_void_p]
             if lib.kvt_tile() != TILE:
@@ -119,23 +122,33 @@ class Store:
         return Store(fn(self.data), None if self.scale is None else fn(self.scale), self.bits, self.rank)
 
 
+_DTYPES = {16: torch.float16, 8: torch.int8, 4: torch.uint8}
+
+
+def _room(store, b, g, w, bits, rank, start, need, device):
+    """store, or a larger Store holding store's first start tokens, with room
+    for tokens up to need."""
+    if store is not None and need <= store.capacity and tuple(store.data.shape[:2]) == (b, g):
+        return store
+    cap = need + (max(16, need // 64) if start else 0)
+    tiles = -(-cap // TILE)
+    data = torch.empty(b, g, tiles, w, TILE, dtype=_DTYPES[bits], device=device)
+    scale = None if bits == 16 else torch.empty(b, g, tiles * TILE, dtype=torch.float16, device=device)
+    if start:
+        old = store.data.shape[2]
+        data[:, :, :old] = store.data[:, :, :min(old, tiles)]
+        if scale is not None:
+            scale[..., :start] = store.scale[..., :start]
+    return Store(data, scale, bits, rank)
+
+
 def write(store, z, start):
     """store (or None) with Latents z [B, G, t, w] written at tokens start ..
     start+t-1: store itself, or a larger Store holding its first start
     tokens."""
     b, g, t, w = z.data.shape
     need = start + t
-    if store is None or need > store.capacity or tuple(store.data.shape[:2]) != (b, g):
-        cap = need + (max(16, need // 64) if start else 0)
-        tiles = -(-cap // TILE)
-        data = z.data.new_empty(b, g, tiles, w, TILE)
-        scale = None if z.scale is None else z.scale.new_empty(b, g, tiles * TILE)
-        if start:
-            old = store.data.shape[2]
-            data[:, :, :old] = store.data[:, :, :min(old, tiles)]
-            if scale is not None:
-                scale[..., :start] = store.scale[..., :start]
-        store = Store(data, scale, z.bits, z.rank)
+    store = _room(store, b, g, w, z.bits, z.rank, start, need, z.data.device)
     if z.scale is not None:
         store.scale[..., start:need] = z.scale[..., 0]
     tokens = store.data.transpose(-1, -2)  # [B, G, tiles, TILE, w]: a view
@@ -149,6 +162,19 @@ def write(store, z, start):
         else:
             tokens[:, :, tile, off:off + k] = z.data[..., i - start:i - start + k, :]
         i += k
+    return store
+
+
+def store(store, z, bits, rank, start):
+    """write(store, Latents, start) for the Latents kvtorch.preset's
+    compress makes of float32 latents z [B, G, t, rank] in bits (Preset.project),
+    quantized by the C kernel as they are written (CPU only)."""
+    b, g, t, r = z.shape
+    if z.dtype != torch.float32 or z.device.type != "cpu" or r != rank:
+        raise ValueError(f"store: want float32 [B, G, t, {rank}] latents on the CPU, have {z.dtype} {tuple(z.shape)}")
+    store = _room(store, b, g, (r + 1) // 2 if bits == 4 else r, bits, rank, start, start + t, z.device)
+    z = z.contiguous()
+    _lib.kvt_store(ctypes.byref(_describe(store, start + t)), z.data_ptr(), t, r, start)
     return store
 
 

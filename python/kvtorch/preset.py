@@ -134,24 +134,26 @@ class Preset:
             raise ValueError(f"kind must be 'k' or 'v', not {kind!r}")
         return self.layers[layer][kind]
 
-    def compress(self, layer, kind, x):
-        """x [B, H, T, D] -> Latents."""
+    def project(self, layer, kind, x):
+        """x [B, H, T, D] -> (z, bits, rank): the float32 latents [B, G, T,
+        rank] that compress stores in bits (rounded to float16, or quantized
+        per token: for a joint basis already divided by the latents'
+        standard deviations)."""
         s = self.side(layer, kind)
         if not s["compressed"]:
-            return Latents(x.to(torch.float16), None, 16, s["dim"])
+            return x.float(), 16, s["dim"]
         bits, rank = s["bits"], s["rank"]
         if s["basis"] == "none":
-            data, scale = _quantize(x.float(), bits)
-            return Latents(data, scale, bits, rank)
+            return x.float(), bits, rank
         if s["basis"] == "joint":
             xf = x.float().transpose(1, 2).flatten(2)[:, None]  # [B, 1, T, E]
             z = torch.matmul(xf - s["mean"].to(x.device), s["U"].to(x.device))
-            if bits == 16:
-                return Latents(z.to(torch.float16), None, 16, rank)
-            qs = s["qscale"].to(x.device)
-            data, scale = _quantize(z / qs, bits)
-            return Latents(data, scale, bits, rank)
-        z = torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device))
+            return (z if bits == 16 else z / s["qscale"].to(x.device)), bits, rank
+        return torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device)), bits, rank
+
+    def compress(self, layer, kind, x):
+        """x [B, H, T, D] -> Latents."""
+        z, bits, rank = self.project(layer, kind, x)
         if bits == 16:
             return Latents(z.to(torch.float16), None, 16, rank)
         data, scale = _quantize(z, bits)

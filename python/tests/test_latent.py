@@ -90,3 +90,35 @@ def test_kernels_refuse_bad_shapes():
         latent.weigh(store, 10, torch.zeros(1, 1, 2, 9), torch.empty(1, 1, 2, 16))
     with pytest.raises(ValueError, match="tokens asked for"):
         latent.scores(store, 1000, torch.zeros(1, 1, 2, 16), torch.empty(1, 1, 2, 1000))
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+@pytest.mark.parametrize("r", [7, 40])
+def test_store_quantizes_as_compress(bits, r):
+    """latent.store (quantized in C) stores exactly what write(compress)
+    does: the same levels (ties rounded to even), scales and float16 values."""
+    from kvtorch.preset import _quantize
+
+    def compressed(z):
+        if bits == 16:
+            return Latents(z.half(), None, 16, r)
+        return Latents(*_quantize(z, bits), bits, r)
+
+    levels = 127 if bits == 8 else 7
+    gen = torch.Generator().manual_seed(r)
+    parts = [torch.randn(2, 3, n, r, generator=gen) * 10 ** torch.randint(-3, 3, (2, 3, n, 1), generator=gen)
+             for n in (70, 1, 100)]
+    ties = torch.zeros(2, 3, 1, r)
+    ties[..., 0], ties[..., 1:3] = levels, torch.tensor([2.5, -3.5])  # step 1: halves round to even
+    parts.append(ties)
+    parts.append(torch.zeros(2, 3, 1, r))  # an all-zero token: the smallest step
+    want = got = None
+    start = 0
+    for z in parts:
+        want = latent.write(want, compressed(z), start)
+        got = latent.store(got, z, bits, r, start)
+        start += z.shape[-2]
+    a, b = got.read(0, start), want.read(0, start)
+    assert torch.equal(a.data, b.data)
+    if bits < 16:
+        assert torch.equal(a.scale, b.scale)
