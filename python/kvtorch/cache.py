@@ -30,6 +30,11 @@ usable with DynamicCache. Per layer and per decoding step:
   sink_tokens, after any left padding) are kept exact, as kvtorch eval
   measured them.
 
+A prompt (PROMPT or more new tokens at once) is attended by the model's own
+attention over the layer's K/V expanded from what was just stored: the same
+values, and cheaper than scoring that many queries on latents; the full-size
+K/V of one layer live for that call only.
+
 The whole cache API works: crop (assisted and speculative decoding),
 reorder_cache (beam search), batch_select_indices, batch_repeat_interleave,
 and left-padded batches with an attention mask. Positions must run on from
@@ -59,6 +64,7 @@ try:
 except ImportError:  # transformers is optional
     Cache = None
 
+PROMPT = 32  # from this many new tokens at once (a prompt), attention runs on K/V expanded for the call
 BLOCK = 4096  # stored tokens rebuilt or dequantized at a time
 QBLOCK = 1024  # queries scored at a time
 SCORES = 1 << 25  # and at most this many scores (float32) at a time
@@ -473,16 +479,7 @@ if Cache is not None:
         layer = getattr(_pending, "layer", None)
         _pending.layer = None
         if layer is None or layer.layer != module.layer_idx or layer.pending is None:
-            inner, eager = _inner_attention(module)
-            if eager and (attention_mask is None or attention_mask.dtype == torch.bool):
-                # Masks are made as sdpa's: boolean, or None for plain causal
-                # attention; eager attention adds a float mask to the scores.
-                if attention_mask is None:
-                    q, t = query.shape[-2], key.shape[-2]
-                    attention_mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
-                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-                    ~attention_mask, torch.finfo(query.dtype).min)
-            return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+            return _own_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
         k_new, v_new = layer.pending
         layer.pending = None
         b, t = k_new.shape[0], k_new.shape[-2]
@@ -496,10 +493,30 @@ if Cache is not None:
             own = attention_mask[:, 0, -t:, -t:].diagonal(dim1=-2, dim2=-1)
             pos = pos.masked_fill(~own, -1)
         layer.append(k_new, v_new, pos)
+        if query.shape[-2] >= PROMPT:
+            # A prompt: the model's own attention over this layer's K/V
+            # expanded from what was stored (the values the latents stand
+            # for), cheaper than scoring many queries on latents; the
+            # expansion lives for this call only.
+            key, value = layer.expanded()
+            return _own_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
         if scaling is None:
             scaling = module.head_dim ** -0.5
         out = layer.attend(query, attention_mask, scaling, getattr(module, "attn_logit_softcapping", None))
         return out, None
+
+    def _own_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+        """The model's own attention on full K/V."""
+        inner, eager = _inner_attention(module)
+        if eager and (attention_mask is None or attention_mask.dtype == torch.bool):
+            # Masks are made as sdpa's: boolean, or None for plain causal
+            # attention; eager attention adds a float mask to the scores.
+            if attention_mask is None:
+                q, t = query.shape[-2], key.shape[-2]
+                attention_mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
+            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min)
+        return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     def _inner_attention(module):
         """The model's own attention, and whether it is eager attention (sdpa

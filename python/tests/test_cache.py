@@ -120,10 +120,12 @@ def test_decode_matches_prefill(calibrated, tmp_path, monkeypatch, arch, kv, set
 
 
 @pytest.mark.parametrize("arch,kv,setting", SETTINGS)
-def test_logits_match_kvtorch_eval(calibrated, tmp_path, arch, kv, setting):
+@pytest.mark.parametrize("prompt", ["expanded", "latents"])
+def test_logits_match_kvtorch_eval(calibrated, tmp_path, monkeypatch, arch, kv, setting, prompt):
     """At each position, the logits through the cache are those of the
     exported model with its hooks set to the preset: what kvtorch eval
-    measures (up to the cache's float16 storage of scales and latents)."""
+    measures (up to the cache's float16 storage of scales and latents);
+    the prompt attended on K/V expanded from the latents, or on the latents."""
     import json
 
     preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
@@ -132,6 +134,8 @@ def test_logits_match_kvtorch_eval(calibrated, tmp_path, arch, kv, setting):
     preset.apply(hooked, json.loads(extra["kvtorch.json"]))
     m = tiny_model(arch)
     x = ids(48, batch=2)
+    if prompt == "latents":
+        monkeypatch.setattr(kvcache, "PROMPT", 1 << 30)
     with torch.no_grad():
         want = hooked(x)[0].float()
     got = logits(m, x, KVTorchCache(preset, m))
@@ -179,9 +183,12 @@ def test_cache_operations(calibrated, tmp_path, arch, kv, setting):
 
 
 @pytest.mark.parametrize("arch,kv,setting", SETTINGS[:2])
-def test_left_padding(calibrated, tmp_path, arch, kv, setting):
+@pytest.mark.parametrize("prompt", ["expanded", "latents"])
+def test_left_padding(calibrated, tmp_path, monkeypatch, arch, kv, setting, prompt):
     """In a left-padded batch each row's logits are its logits alone: padding
-    is never attended to and never taken for a sink token."""
+    is never attended to and never taken for a sink token (prompts attended
+    on expanded K/V, or on the latents)."""
+    monkeypatch.setattr(kvcache, "PROMPT", 8 if prompt == "expanded" else 1 << 30)
     preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
     m = tiny_model(arch)
     long, short = ids(20, seed=2), ids(13, seed=3)
