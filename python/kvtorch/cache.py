@@ -139,6 +139,19 @@ class _Side:
         if self.mean is not None:
             out += torch.matmul(qf, self.mean[:, :, None])
 
+    def kernel_expand(self, store, start, stop):
+        """The heads' vectors [B, H, stop - start, D] of tokens start ..
+        stop-1 (start a multiple of latent.TILE) of a latent.Store, with the
+        C kernel (U's rows taken for queries)."""
+        tiles = store.tiles(start // latent.TILE, -(-stop // latent.TILE))
+        h, d, n = self.uk.shape
+        b, g = store.data.shape[:2]
+        rows = self.uk.reshape(1, g, h // g * d, n).expand(b, g, h // g * d, n).contiguous()
+        out = torch.empty(b, g, h // g * d, stop - start)
+        latent.scores(tiles, stop - start, rows, out)
+        out = out.view(b, h, d, -1).transpose(-1, -2)
+        return out if self.mean is None else out + self.mean[:, None, :]
+
     def kernel_values(self, a, store, tokens):
         """The heads' values [B, H, n, D] for weights a [B, H, n, T] (tokens
         contiguous) over the first T = tokens tokens of a latent.Store, with
@@ -457,7 +470,10 @@ if Cache is not None:
             for start, stop in self._blocks():
                 k = None if self._rebuilt is None else self._rebuilt.get(start)
                 if k is None:
-                    k = p.expand(self.layer, "k", self.stored("k", start, stop))  # [B, Hkv, t, D]
+                    if self.kernel and start % latent.TILE == 0:
+                        k = self.sides["k"].kernel_expand(self.zk, start, stop)  # [B, Hkv, t, D]
+                    else:
+                        k = p.expand(self.layer, "k", self.stored("k", start, stop))
                     cos, sin = self.cache.rope(k, self.positions(start, stop).clamp_min(0))
                     k = k * cos + _rotate_half(k) * sin
                     if self._rebuilt is not None:
@@ -543,6 +559,7 @@ if Cache is not None:
             self.preset = preset
             self.config = cfg
             self.rotary = None
+            self._rope = None  # cos, sin [P, D] of positions 0 .. P-1 (rope)
             if preset.kv_source == "pre_rope":
                 if getattr(cfg, "model_type", "") == "gemma3_text":
                     raise NotImplementedError("pre-RoPE presets of Gemma 3 (two rotary bases) are not supported by the "
@@ -558,9 +575,19 @@ if Cache is not None:
             return getattr(self.config, "_attn_implementation", None) == "kvtorch"
 
         def rope(self, x, pos):
-            """cos, sin [B, 1, T, D] in float32 for positions pos [B, T]."""
-            cos, sin = self.rotary(x, pos)
-            return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
+            """cos, sin [B, 1, T, D] in float32 for positions pos [B, T]. With
+            the default rotary embedding (its values depend on the position
+            alone) they come from a table of the positions so far, made once
+            for every layer and step."""
+            if getattr(self.rotary, "rope_type", None) != "default" or not pos.numel():
+                cos, sin = self.rotary(x, pos)
+                return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
+            need = int(pos.max()) + 1
+            if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].device != x.device:
+                n = max(need, 2 * (0 if self._rope is None else self._rope[0].shape[0]), 1024)
+                cos, sin = self.rotary(x.float(), torch.arange(n, device=x.device)[None])
+                self._rope = (cos[0].to(torch.float32), sin[0].to(torch.float32))
+            return self._rope[0][pos][:, None], self._rope[1][pos][:, None]
 
         def nbytes(self):
             """Bytes held, all layers: latents, scales and the sink tokens."""

@@ -116,6 +116,11 @@ class Store:
             n += tokens * self.scale.shape[0] * self.scale.shape[1] * self.scale.element_size()
         return n
 
+    def tiles(self, first, last):
+        """A Store of tiles first .. last-1 (a view)."""
+        scale = None if self.scale is None else self.scale[..., first * TILE:last * TILE]
+        return Store(self.data[:, :, first:last], scale, self.bits, self.rank)
+
     def select(self, fn):
         """A Store of the batch rows fn picks (fn: a function of tensors
         indexing their first dimension)."""
@@ -180,9 +185,9 @@ def store(store, z, bits, rank, start):
 
 def _describe(store, tokens):
     d = store.data
-    if d.device.type != "cpu" or not d.is_contiguous() or tokens > store.capacity:
-        raise ValueError("latents: a contiguous Store on the CPU, with the tokens asked for")
     b, g, _, w, _ = d.shape
+    if d.device.type != "cpu" or d.stride()[2:] != (w * TILE, TILE, 1) or tokens > store.capacity:
+        raise ValueError("latents: a Store of contiguous tiles on the CPU, with the tokens asked for")
     s = store.scale
     return _Latents(store.bits, d.data_ptr(), _I64x3(*d.stride()[:3]), 0 if s is None else s.data_ptr(),
                     _I64x3(*(s.stride()[:2] + (1,) if s is not None else (0, 0, 0))), b, g, tokens, w)
