@@ -124,6 +124,7 @@ bench: build real-model $(QUANTO)
 	$(GO) run ./bench/calbench
 	$(GO) run ./bench/calbench -model $(REAL_MODEL) -name "SmolLM2-135M-Instruct (the real model)" -max-tokens 4096 \
 	  -scaling=false -python-tune=false -figures docs/benchmarks/smollm2 -workdir build/bench/smollm2
+	$(KVTORCH_PYTHON) bench/latentbench.py
 	bash bench/cache.sh build/bench/smollm2/p3.json
 
 $(QUANTO): | $(VENV)/.kvtorch-complete

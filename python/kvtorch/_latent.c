@@ -48,7 +48,7 @@ typedef int32_t vi32 __attribute__((vector_size(4 * LANES)));
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
-#define TILE 64  /* tokens per tile (a multiple of 2 LANES) */
+#define TILE 32  /* tokens per tile (a multiple of 2 LANES) */
 #define UNIT 256 /* tokens per unit of work (a multiple of TILE) */
 #define MT 12    /* query rows scored together */
 #define MW 4     /* query rows weighed together */

@@ -5,13 +5,15 @@ PyTorch has no CPU product of int8 or packed 4-bit data with float32
 queries: converting the latents first writes and reads them again as
 float32, every decoding step. These kernels read them as stored. They are
 built with the package (setup.py; optional: where no C compiler builds them,
-`available` is False and the cache uses plain torch).
+or with KVTORCH_NO_KERNELS set, `available` is False and the cache uses
+plain torch).
 
     from kvtorch import latent
     s = latent.write(None, z, 0)              # Latents [B, G, t, w] stored at tokens 0 .. t-1
-    s.read(0, t)                              # back as Latents
+    s.read(0, t)                              # back as Latents (a copy)
     if latent.available:
-        n = latent.width(z.bits, w)           # floats per stored row; queries laid out by latent.layout
+        s = latent.store(s, x, bits, r, t)    # float latents x [B, G, t2, r] quantized into tokens t ..
+        n = latent.width(bits, w)             # floats per stored row; queries laid out by latent.layout
         latent.scores(s, t, p, out)           # out [B, G, M, t] = scale_t · p · z_t
         latent.weigh(s, t, a, acc)            # acc [B, G, M, n] = Σ_t a_t · scale_t · z_t
 
@@ -25,7 +27,7 @@ import torch
 
 from kvtorch.preset import Latents
 
-TILE = 64  # tokens per tile of a Store (_latent.c's TILE)
+TILE = 32  # tokens per tile of a Store (_latent.c's TILE)
 _I64x3 = ctypes.c_int64 * 3
 
 
@@ -41,15 +43,11 @@ def _load():
         path = os.path.join(here, "_latent" + suffix)
         if os.path.exists(path):
             lib = ctypes.CDLL(path)
-            lib.kvt_scores.argtypes = [ctypes.POINTER(_Latents), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                       ctypes.c_int64]
-            lib.kvt_scores.restype = ctypes.c_int
-            lib.kvt_weigh.restype = ctypes.c_int
-            lib.kvt_store.restype = None
-            lib.kvt_store.argtypes = [ctypes.POINTER(_Latents), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                      ctypes.c_int64]
-            lib.kvt_weigh.argtypes = [ctypes.POINTER(_Latents), ctypes.c_void_p, _I64x3, ctypes.c_int64,
-                                      ctypes.c_void_p]
+            p = ctypes.POINTER(_Latents)
+            i64, ptr = ctypes.c_int64, ctypes.c_void_p
+            lib.kvt_scores.argtypes, lib.kvt_scores.restype = [p, ptr, i64, ptr, i64], ctypes.c_int
+            lib.kvt_weigh.argtypes, lib.kvt_weigh.restype = [p, ptr, _I64x3, i64, ptr], ctypes.c_int
+            lib.kvt_store.argtypes, lib.kvt_store.restype = [p, ptr, i64, i64, i64], None
             if lib.kvt_tile() != TILE:
                 raise ImportError(f"{path} was built with tiles of {lib.kvt_tile()} tokens, not {TILE}: reinstall kvtorch")
             return lib
@@ -147,13 +145,13 @@ def _room(store, b, g, w, bits, rank, start, need, device):
     return Store(data, scale, bits, rank)
 
 
-def write(store, z, start):
-    """store (or None) with Latents z [B, G, t, w] written at tokens start ..
-    start+t-1: store itself, or a larger Store holding its first start
-    tokens."""
+def write(into, z, start):
+    """into (a Store, or None) with Latents z [B, G, t, w] written at tokens
+    start .. start+t-1: into itself, or a larger Store holding its first
+    start tokens."""
     b, g, t, w = z.data.shape
     need = start + t
-    store = _room(store, b, g, w, z.bits, z.rank, start, need, z.data.device)
+    store = _room(into, b, g, w, z.bits, z.rank, start, need, z.data.device)
     if z.scale is not None:
         store.scale[..., start:need] = z.scale[..., 0]
     tokens = store.data.transpose(-1, -2)  # [B, G, tiles, TILE, w]: a view
@@ -170,17 +168,17 @@ def write(store, z, start):
     return store
 
 
-def store(store, z, bits, rank, start):
-    """write(store, Latents, start) for the Latents kvtorch.preset's
-    compress makes of float32 latents z [B, G, t, rank] in bits (Preset.project),
+def store(into, z, bits, rank, start):
+    """write(into, Latents, start) for the Latents kvtorch.preset's compress
+    makes of float32 latents z [B, G, t, rank] in bits (Preset.project),
     quantized by the C kernel as they are written (CPU only)."""
     b, g, t, r = z.shape
     if z.dtype != torch.float32 or z.device.type != "cpu" or r != rank:
         raise ValueError(f"store: want float32 [B, G, t, {rank}] latents on the CPU, have {z.dtype} {tuple(z.shape)}")
-    store = _room(store, b, g, (r + 1) // 2 if bits == 4 else r, bits, rank, start, start + t, z.device)
+    into = _room(into, b, g, (r + 1) // 2 if bits == 4 else r, bits, rank, start, start + t, z.device)
     z = z.contiguous()
-    _lib.kvt_store(ctypes.byref(_describe(store, start + t)), z.data_ptr(), t, r, start)
-    return store
+    _lib.kvt_store(ctypes.byref(_describe(into, start + t)), z.data_ptr(), t, r, start)
+    return into
 
 
 def _describe(store, tokens):
