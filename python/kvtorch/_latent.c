@@ -126,15 +126,9 @@ INLINE vf row(int kind, const uint8_t *p, int k, vf *hi) {
     return FLOATS(x & 0x0F) - eight;
 }
 
+/* k (≤ LANES) float16 scales from s as floats; ones where there are none. */
 INLINE vf scales(const uint8_t *s, int k) {
-    if (!s)
-        return (vf){0} + 1.0f;
-    vu16 x = {0};
-    if (k >= LANES)
-        memcpy(&x, s, sizeof x);
-    else
-        memcpy(&x, s, 2 * k);
-    return halfs(x);
+    return s ? row(16, s, k, NULL) : (vf){0} + 1.0f;
 }
 
 typedef struct {
