@@ -334,7 +334,7 @@ int kvt_weigh(const kvt_latents *z, const float *a, const int64_t as[3], int64_t
             const float *ab = a + b * as[0] + g * as[1] + start;
             for (int64_t m0 = 0; m0 < m_count; m0 += MW) {
                 int64_t mw = m_count - m0 < MW ? m_count - m0 : MW;
-                /* This tile's weights times the scales, zero past the tokens and rows. */
+                /* This unit's weights for rows m0 .. times the scales, zero past the tokens and rows. */
                 memset(c, 0, sizeof c);
                 for (int64_t t = 0; t < stop - start; t += LANES) {
                     int k = stop - start - t < LANES ? (int)(stop - start - t) : LANES;
@@ -349,13 +349,16 @@ int kvt_weigh(const kvt_latents *z, const float *a, const int64_t as[3], int64_t
                         memcpy(c + i * UNIT + t, &x, sizeof x);
                     }
                 }
-                /* A last tile of fewer rows sums into this thread's spare tile. */
-                float *dst = mw == MW ? mine + (bg * m_count + m0) * n : spare;
-                if (mw < MW)
-                    memset(spare, 0, MW * n * sizeof(float));
-                weigh_unit(&s, 0, stop - start, c, dst, n);
-                for (int64_t i = 0; mw < MW && i < mw * n; i++)
-                    mine[(bg * m_count + m0) * n + i] += spare[i];
+                float *rows = mine + (bg * m_count + m0) * n;
+                if (mw == MW) {
+                    weigh_unit(&s, 0, stop - start, c, rows, n);
+                    continue;
+                }
+                /* Fewer rows than MW left: summed in this thread's spare rows, then added. */
+                memset(spare, 0, MW * n * sizeof(float));
+                weigh_unit(&s, 0, stop - start, c, spare, n);
+                for (int64_t i = 0; i < mw * n; i++)
+                    rows[i] += spare[i];
             }
         }
     }
@@ -365,6 +368,12 @@ int kvt_weigh(const kvt_latents *z, const float *a, const int64_t as[3], int64_t
             acc[j] += sums[i * size + j];
     free(sums);
     return 0;
+}
+
+/* x / step rounded half to even, within ±levels (torch.round, then clamp). */
+INLINE float level(float x, float step, float levels) {
+    float q = nearbyintf(x / step);
+    return q < -levels ? -levels : q > levels ? levels : q;
 }
 
 /* Writes z [B, G, t, r] (float32, contiguous; r coordinates, w = r, or
@@ -387,7 +396,7 @@ void kvt_store(const kvt_latents *dst, const float *z, int64_t t, int64_t r, int
             }
             continue;
         }
-        float amax = 0;
+        float amax = 0, step;
         for (int64_t j = 0; j < r; j++) {
             float a = fabsf(x[j]);
             if (!(a <= amax)) /* NaN is kept, as torch's amax keeps it */
@@ -395,23 +404,16 @@ void kvt_store(const kvt_latents *dst, const float *z, int64_t t, int64_t r, int
         }
         if (amax < 1e-30f)
             amax = 1e-30f;
-        float step = amax / levels;
+        step = amax / levels;
         _Float16 h = (_Float16)step;
         memcpy((uint8_t *)dst->scale + (b * dst->ss[0] + g * dst->ss[1] + pos) * 2, &h, 2);
-        for (int64_t j = 0; j < r; j += dst->kind == 8 ? 1 : 2) {
-            float q = nearbyintf(x[j] / step);
-            q = q < -levels ? -levels : q > levels ? levels : q;
-            if (dst->kind == 8) {
-                o[j * TILE] = (uint8_t)(int8_t)q;
-                continue;
-            }
-            float q2 = 0;
-            if (j + 1 < r) {
-                q2 = nearbyintf(x[j + 1] / step);
-                q2 = q2 < -levels ? -levels : q2 > levels ? levels : q2;
-            }
-            o[j / 2 * TILE] = (uint8_t)((int)q + 8) | (uint8_t)(((int)q2 + 8) << 4);
-        }
+        if (dst->kind == 8)
+            for (int64_t j = 0; j < r; j++)
+                o[j * TILE] = (uint8_t)(int8_t)level(x[j], step, levels);
+        else /* even coordinates in the low nibble; an odd rank's pad nibble holds 0 */
+            for (int64_t j = 0; j < r; j += 2)
+                o[j / 2 * TILE] = (uint8_t)((int)level(x[j], step, levels) + 8) |
+                                  (uint8_t)(((j + 1 < r ? (int)level(x[j + 1], step, levels) : 0) + 8) << 4);
     }
 }
 

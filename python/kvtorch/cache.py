@@ -47,8 +47,7 @@ sink_tokens · bytes_per_token_before + T · bytes_per_token_compressed bytes
 after T tokens per row (the preset counts the sinks' latents out; the cache
 keeps them, 4 tokens' worth, so that every position has its latents). The
 buffers grow as tokens come, leaving room for max(16, T/64) more tokens
-rounded up to a tile, so that a decoding step copies nothing: they hold up
-to 1/64 more, plus the last tile's padding.
+rounded up to a tile, so that a decoding step copies nothing.
 """
 import threading
 
@@ -590,5 +589,6 @@ if Cache is not None:
             return self._rope[0][pos][:, None], self._rope[1][pos][:, None]
 
         def nbytes(self):
-            """Bytes held, all layers: latents, scales and the sink tokens."""
+            """Bytes of the tokens stored, all layers: latents, scales and the
+            sink tokens (the buffers' room to grow not counted)."""
             return sum(layer.nbytes() for layer in self.layers)

@@ -137,9 +137,9 @@ def _room(store, b, g, w, bits, rank, start, need, device):
     tiles = -(-cap // TILE)
     data = torch.empty(b, g, tiles, w, TILE, dtype=_DTYPES[bits], device=device)
     scale = None if bits == 16 else torch.empty(b, g, tiles * TILE, dtype=torch.float16, device=device)
-    if start:
-        old = store.data.shape[2]
-        data[:, :, :old] = store.data[:, :, :min(old, tiles)]
+    if start:  # the tiles holding the first start tokens
+        keep = -(-start // TILE)
+        data[:, :, :keep] = store.data[:, :, :keep]
         if scale is not None:
             scale[..., :start] = store.scale[..., :start]
     return Store(data, scale, bits, rank)
