@@ -126,6 +126,7 @@ bench: build real-model $(QUANTO)
 	  -scaling=false -python-tune=false -figures docs/benchmarks/smollm2 -workdir build/bench/smollm2
 	$(KVTORCH_PYTHON) bench/latentbench.py
 	bash bench/cache.sh build/bench/smollm2/p3.json
+	$(KVTORCH_PYTHON) bench/prefillbench.py --model $(REAL_DIR)/hf --preset build/bench/cache/post-16-8-4.json
 
 $(QUANTO): | $(VENV)/.kvtorch-complete
 	$(KVTORCH_PYTHON) -m pip install -q optimum-quanto==0.2.7
