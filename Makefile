@@ -22,7 +22,7 @@ REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmode
 
 # The kvtorch Python package (python/), installed into the venv; reinstalled
 # when its sources change (the stamp's name holds their hash).
-PYSRC := python/pyproject.toml python/setup.py $(sort $(wildcard python/kvtorch/*.py python/kvtorch/*.c))
+PYSRC := python/pyproject.toml python/setup.py $(sort $(wildcard python/kvtorch/*.py python/kvtorch/*.c python/kvtorch/*.json))
 PYPKG := $(VENV)/.kvtorch-python-$(shell cat $(PYSRC) | sha256sum | cut -c1-12)
 QUANTO := $(VENV)/.kvtorch-quanto-0.2.7
 

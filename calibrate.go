@@ -54,15 +54,15 @@ func (o *CalibrateOptions) defaults(m *Model) error {
 	o.Sinks = max(o.Sinks, 0)
 	switch {
 	case o.MaxLength < 2:
-		return fmt.Errorf("%w: max length %d: at least 2", compress.ErrInvalid, o.MaxLength)
+		return fmt.Errorf("%w: max length %d: at least 2", ErrOption, o.MaxLength)
 	case o.BatchSize < 1:
-		return fmt.Errorf("%w: batch size %d: at least 1", compress.ErrInvalid, o.BatchSize)
+		return fmt.Errorf("%w: batch size %d: at least 1", ErrOption, o.BatchSize)
 	case o.NumSamples < 0:
-		return fmt.Errorf("%w: number of samples %d", compress.ErrInvalid, o.NumSamples)
+		return fmt.Errorf("%w: number of samples %d", ErrOption, o.NumSamples)
 	case o.Accumulate != "float32" && o.Accumulate != "float64":
-		return fmt.Errorf("%w: accumulate %q (want float32 or float64)", compress.ErrInvalid, o.Accumulate)
+		return fmt.Errorf("%w: accumulate %q (want float32 or float64)", ErrOption, o.Accumulate)
 	case o.Method != "eigh" && o.Method != "svd":
-		return fmt.Errorf("%w: method %q (want eigh or svd)", compress.ErrInvalid, o.Method)
+		return fmt.Errorf("%w: method %q (want eigh or svd)", ErrOption, o.Method)
 	case o.Sinks >= o.MaxLength:
 		return fmt.Errorf("%w: %d sink tokens leave nothing of sequences of %d", compress.ErrInvalid, o.Sinks, o.MaxLength)
 	}

@@ -30,6 +30,9 @@ var (
 	// ErrHeldOutIsCalibration refuses to tune on text the calibration was
 	// made from: the budget would not hold on new text.
 	ErrHeldOutIsCalibration = errors.New("held-out text is calibration text")
+	// ErrOption marks an option out of range or not understood (a device
+	// name, a batch size of 0): the caller's mistake, not the files'.
+	ErrOption = errors.New("invalid option")
 	// ErrNoText marks input with no usable text.
 	ErrNoText = kvfile.ErrNoText
 )

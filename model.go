@@ -11,8 +11,10 @@ import (
 	"sync"
 
 	"github.com/kvtorch/kvtorch/calibration"
+	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/internal/regfile"
+	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -35,29 +37,63 @@ type OpenOptions struct {
 	HashCache string
 }
 
-// Open reads a model's metadata, chooses its device, hashes its file (once;
-// the hash is remembered by path, size and modification time) and loads it.
-func Open(path string, o OpenOptions) (*Model, error) {
+// File is a model file as read without loading it: its metadata and the
+// sha256 of the file (what presets and calibrations are matched with).
+type File struct {
+	Path   string
+	Meta   *kvfile.Metadata
+	SHA256 string
+
+	tokenizer []byte
+}
+
+// ReadFile reads a model's metadata and tokenizer and hashes its file (once;
+// the hash is remembered by path, size and modification time: hashCache as
+// in OpenOptions), running nothing of it.
+func ReadFile(path, hashCache string) (*File, error) {
 	if err := regfile.Check(path); err != nil {
 		return nil, fmt.Errorf("kvtorch: model: %w", err)
 	}
-	md, err := calibration.ReadMetadata(path)
+	md, tok, err := kvfile.ReadModel(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kvtorch: %w", err)
 	}
-	dev, err := ChooseDevice(o.Device, md.Device)
-	if err != nil {
-		return nil, err
-	}
-	sha, err := HashFile(path, o.HashCache)
+	sha, err := HashFile(path, hashCache)
 	if err != nil {
 		return nil, fmt.Errorf("kvtorch: model: %w", err)
 	}
-	m, err := calibration.LoadModel(path, md, dev)
+	return &File{Path: path, Meta: md, SHA256: sha, tokenizer: tok}, nil
+}
+
+// Geometry is the shape of the model's KV cache.
+func (f *File) Geometry() compress.Geometry { return f.Meta.Geometry() }
+
+// Load loads the model on device ("" = the device it was traced for).
+func (f *File) Load(device string) (*Model, error) {
+	dev, err := ChooseDevice(device, f.Meta.Device)
 	if err != nil {
 		return nil, err
 	}
-	return &Model{Model: m, SHA256: sha}, nil
+	m, err := calibration.LoadModel(f.Path, f.Meta, f.tokenizer, dev)
+	if err != nil {
+		return nil, err
+	}
+	return &Model{Model: m, SHA256: f.SHA256}, nil
+}
+
+// Open reads a model's metadata, hashes its file and loads it on its device
+// (ReadFile, then File.Load).
+func Open(path string, o OpenOptions) (*Model, error) {
+	f, err := ReadFile(path, o.HashCache)
+	if err != nil {
+		return nil, err
+	}
+	return f.Load(o.Device)
+}
+
+// File is the model's file as ReadFile reads it.
+func (m *Model) File() *File {
+	return &File{Path: m.Path, Meta: &m.Meta, SHA256: m.SHA256}
 }
 
 // ChooseDevice resolves a requested device against the one a model was
@@ -69,12 +105,12 @@ func ChooseDevice(requested, traced string) (torch.Device, error) {
 	}
 	tdev, err := torch.ParseDevice(traced)
 	if err != nil {
-		return torch.Device{}, fmt.Errorf("kvtorch: model metadata: %w", err)
+		return torch.Device{}, fmt.Errorf("kvtorch: model metadata: %v", err)
 	}
 	dev := tdev
 	if requested != "" {
 		if dev, err = torch.ParseDevice(requested); err != nil {
-			return torch.Device{}, fmt.Errorf("kvtorch: %w", err)
+			return torch.Device{}, fmt.Errorf("kvtorch: %w: %v", ErrOption, err)
 		}
 		if dev.Type != tdev.Type {
 			return torch.Device{}, fmt.Errorf("kvtorch: the model was traced for %s and runs only there, not on %s (export it again with --device %s)", traced, dev, dev)

@@ -43,15 +43,15 @@ func (o *EvalOptions) defaults(m *Model) error {
 	}
 	switch {
 	case o.SeqLen < 2:
-		return fmt.Errorf("%w: seq-len %d: at least 2", compress.ErrInvalid, o.SeqLen)
+		return fmt.Errorf("%w: seq-len %d: at least 2", ErrOption, o.SeqLen)
 	case o.MaxTokens < 0:
-		return fmt.Errorf("%w: max tokens %d (0 means all)", compress.ErrInvalid, o.MaxTokens)
+		return fmt.Errorf("%w: max tokens %d (0 means all)", ErrOption, o.MaxTokens)
 	case o.BatchSize < 1:
-		return fmt.Errorf("%w: batch size %d: at least 1", compress.ErrInvalid, o.BatchSize)
+		return fmt.Errorf("%w: batch size %d: at least 1", ErrOption, o.BatchSize)
 	case o.Context < 1:
-		return fmt.Errorf("%w: context length %d", compress.ErrInvalid, o.Context)
+		return fmt.Errorf("%w: context length %d", ErrOption, o.Context)
 	case o.ProbeTokens < 1:
-		return fmt.Errorf("%w: probe tokens %d", compress.ErrInvalid, o.ProbeTokens)
+		return fmt.Errorf("%w: probe tokens %d", ErrOption, o.ProbeTokens)
 	}
 	return nil
 }
@@ -93,7 +93,7 @@ func NewSession(ctx context.Context, m *Model, cal *kvfile.Calibration, src Sour
 		return nil, fmt.Errorf("kvtorch: %w", err)
 	}
 	if o.SeqLen > m.Meta.MaxPositions {
-		return nil, fmt.Errorf("kvtorch: %w: seq-len %d exceeds the model's %d positions", compress.ErrInvalid, o.SeqLen, m.Meta.MaxPositions)
+		return nil, fmt.Errorf("kvtorch: %w: seq-len %d exceeds the model's %d positions", ErrOption, o.SeqLen, m.Meta.MaxPositions)
 	}
 	if err := Matches(m, cal); err != nil {
 		return nil, err
@@ -124,6 +124,8 @@ func Matches(m *Model, cal *kvfile.Calibration) error {
 			ErrMismatch, cal.Model.File, cal.Model.SHA256, m.Path, m.SHA256)
 	case cal.Geometry != m.Geometry():
 		return fmt.Errorf("kvtorch: %w: the calibration's cache shape (%v) is not the model's (%v)", ErrMismatch, cal.Geometry, m.Geometry())
+	case cal.Model.KVSource != m.Meta.KVSource:
+		return fmt.Errorf("kvtorch: %w: the calibration is of %s keys, the model gives %s keys", ErrMismatch, cal.Model.KVSource, m.Meta.KVSource)
 	}
 	return nil
 }
@@ -252,6 +254,10 @@ type Report struct {
 // as far as it got).
 func (s *Session) CheckPreset(ctx context.Context, p *kvfile.Preset, budget float64) (Report, error) {
 	r := Report{Budget: budget, Baseline: s.Baseline, SeqLen: s.Windows.SeqLen, Tokens: s.Windows.Tokens(), EvalSHA256: s.Windows.SHA256}
+	if err := CheckBudget(budget); err != nil {
+		r.Reason = err.Error()
+		return r, err
+	}
 	if err := s.PresetMatches(p); err != nil {
 		r.Reason = err.Error()
 		return r, err
@@ -271,15 +277,40 @@ func (s *Session) CheckPreset(ctx context.Context, p *kvfile.Preset, budget floa
 }
 
 // PresetMatches checks that a preset was made for the session's model file
-// and calibration file (by sha256) and its cache shape.
+// and calibration file (see MatchPreset).
 func (s *Session) PresetMatches(p *kvfile.Preset) error {
+	return MatchPreset(p, s.Model.File(), s.Calibration, s.Source)
+}
+
+// MatchPreset checks that a preset was made for model m and calibration cal
+// (read from src): the files by sha256, the cache shape, and the keys
+// (pre- or post-RoPE, as the model gives them and the calibration holds
+// them). A preset relabelled with another kv_source would apply bases
+// learnt on one kind of keys to the other.
+func MatchPreset(p *kvfile.Preset, m *File, cal *kvfile.Calibration, src Source) error {
 	switch {
-	case p.ModelSHA256 != s.Model.SHA256:
-		return fmt.Errorf("kvtorch: %w: model %s has sha256 %.12s…, the preset was made for %.12s…", ErrMismatch, s.Model.Path, s.Model.SHA256, p.ModelSHA256)
-	case p.CalibrationSHA256 != s.Source.SHA256:
-		return fmt.Errorf("kvtorch: %w: calibration %s has sha256 %.12s…, the preset was made with %.12s…", ErrMismatch, s.Source.Path, s.Source.SHA256, p.CalibrationSHA256)
-	case p.Geometry() != s.Model.Geometry():
-		return fmt.Errorf("kvtorch: %w: the preset's cache shape (%v) is not the model's (%v)", ErrMismatch, p.Geometry(), s.Model.Geometry())
+	case p.ModelSHA256 != m.SHA256:
+		return fmt.Errorf("kvtorch: %w: model %s has sha256 %.12s…, the preset was made for %.12s…", ErrMismatch, m.Path, m.SHA256, p.ModelSHA256)
+	case p.CalibrationSHA256 != src.SHA256:
+		return fmt.Errorf("kvtorch: %w: calibration %s has sha256 %.12s…, the preset was made with %.12s…", ErrMismatch, src.Path, src.SHA256, p.CalibrationSHA256)
+	case p.Geometry() != m.Geometry():
+		return fmt.Errorf("kvtorch: %w: the preset's cache shape (%v) is not the model's (%v)", ErrMismatch, p.Geometry(), m.Geometry())
+	case p.KVSource != m.Meta.KVSource || p.KVSource != cal.Model.KVSource:
+		return fmt.Errorf("kvtorch: %w: the preset is of %s keys; the model gives %s keys and the calibration has %s keys",
+			ErrMismatch, p.KVSource, m.Meta.KVSource, cal.Model.KVSource)
+	}
+	return nil
+}
+
+// MaxBudget is the largest perplexity budget kvtorch accepts: +1000%.
+const MaxBudget = 10
+
+// CheckBudget refuses a perplexity budget that is not a number in (0,
+// MaxBudget]: zero, negative, NaN or infinite budgets would pass or fail
+// every preset.
+func CheckBudget(b float64) error {
+	if !(b > 0 && b <= MaxBudget) {
+		return fmt.Errorf("kvtorch: %w: perplexity budget %v: want a fraction in (0, %d], e.g. 0.05 for +5%%", ErrOption, b, MaxBudget)
 	}
 	return nil
 }
@@ -306,8 +337,8 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	if err := s.HeldOut(); err != nil {
 		return nil, tune.Result{}, err
 	}
-	if o.Budget <= 0 {
-		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: budget %v", compress.ErrInvalid, o.Budget)
+	if err := CheckBudget(o.Budget); err != nil {
+		return nil, tune.Result{}, err
 	}
 	if o.Target == (compress.Target{}) {
 		o.Target = compress.Target{true, true}
@@ -380,6 +411,10 @@ func (s *Session) HeldOut() error {
 		if p, ok := cal[f.SHA256]; ok {
 			return fmt.Errorf("kvtorch: %w: %s is also calibration text (%s): tune measures on held-out text only", ErrHeldOutIsCalibration, f.Path, p)
 		}
+	}
+	if t, ok := kvfile.SharedText(s.Calibration.Texts, s.Windows.Lines); ok {
+		return fmt.Errorf("kvtorch: %w: the held-out text holds the calibration text %s (most of its lines): tune measures on held-out text only",
+			ErrHeldOutIsCalibration, t.Path)
 	}
 	return nil
 }

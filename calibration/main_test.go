@@ -44,11 +44,11 @@ func tinyModel(t *testing.T, name string) string {
 
 // load reads a model's metadata and loads it on the CPU.
 func load(path string) (*Model, error) {
-	md, err := ReadMetadata(path)
+	md, tok, err := kvfile.ReadModel(path)
 	if err != nil {
 		return nil, err
 	}
-	return LoadModel(path, md, torch.CPU)
+	return LoadModel(path, md, tok, torch.CPU)
 }
 
 func loadTiny(t *testing.T, name string) *Model {

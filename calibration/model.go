@@ -41,41 +41,15 @@ func (m *Model) Geometry() compress.Geometry { return m.Meta.Geometry() }
 // HeadDim is D of K or V.
 func (m *Model) HeadDim(k compress.Kind) int { return m.Meta.Geometry().Dims[k] }
 
-// ReadMetadata reads and checks a model file's kvtorch.json without loading
-// the model.
-func ReadMetadata(path string) (*kvfile.Metadata, error) {
-	names, err := torch.ExtraFileNames(path)
-	if err != nil {
-		return nil, fmt.Errorf("calibration: model %s: not a TorchScript file: %w", path, err)
-	}
-	if !slices.Contains(names, "kvtorch.json") {
-		return nil, fmt.Errorf("calibration: model %s: %w: no kvtorch.json extra file (export it with python -m kvtorch.export)", path, ErrContract)
-	}
-	raw, err := torch.ExtraFile(path, "kvtorch.json")
-	if err != nil {
-		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
-	}
-	md, err := kvfile.ParseMetadata(raw)
-	if err != nil {
-		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
-	}
-	if !slices.Contains(names, md.Tokenizer) {
-		return nil, fmt.Errorf("calibration: model %s: %w: no %s extra file", path, ErrContract, md.Tokenizer)
-	}
-	return md, nil
-}
-
-// LoadModel loads a TorchScript model with metadata md (ReadMetadata) onto
-// dev and checks its tokenizer and hook buffers; errors name what is wrong.
-// The model runs without TorchScript's per-shape re-specialisation
-// (torch.Module.SetOptimize(false)): batch lengths vary.
-func LoadModel(path string, md *kvfile.Metadata, dev torch.Device) (*Model, error) {
+// LoadModel loads a TorchScript model onto dev, with its metadata md and
+// tokenizer JSON tok (kvfile.ReadModel), and checks its tokenizer and hook
+// buffers; errors name what is wrong. The model runs without TorchScript's
+// per-shape re-specialisation (torch.Module.SetOptimize(false)): batch
+// lengths vary.
+func LoadModel(path string, md *kvfile.Metadata, tok []byte, dev torch.Device) (*Model, error) {
 	m := &Model{Path: path, Device: dev, Meta: *md, applied: map[hookKey]string{}}
-	tj, err := torch.ExtraFile(path, md.Tokenizer)
-	if err != nil {
-		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
-	}
-	if m.Tokenizer, err = tokenizer.Load(tj); err != nil {
+	var err error
+	if m.Tokenizer, err = tokenizer.Load(tok); err != nil {
 		return nil, fmt.Errorf("calibration: model %s: %w (give the texts as .jsonl lines with \"input_ids\" instead)", path, err)
 	}
 	if m.Module, err = torch.Load(path, dev); err != nil {

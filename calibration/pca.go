@@ -51,6 +51,9 @@ func eigenBasis(ms []*kvfile.Moments, method string, dev torch.Device) (*kvfile.
 		b.Mean = append(b.Mean, mean...)
 		cov = append(cov, c...)
 	}
+	if !allFinite(b.Mean) || !allFinite(cov) {
+		return nil, fmt.Errorf("calibration: pca: %w: the mean or covariance overflows (statistics of values no model gives)", ErrNonFinite)
+	}
 	cpu, err := torch.FromSlice(cov, int64(g), int64(n), int64(n))
 	if err != nil {
 		return nil, err
@@ -110,6 +113,9 @@ func eigenBasis(ms []*kvfile.Moments, method string, dev torch.Device) (*kvfile.
 			b.Eigenvalues[i] = 0 // rounding below zero on a PSD matrix
 		}
 	}
+	if !allFinite(b.U) || !allFinite(b.Eigenvalues) {
+		return nil, fmt.Errorf("calibration: pca: %w in the basis", ErrNonFinite)
+	}
 	fixSigns(b.U, g, n)
 	return b, nil
 }
@@ -142,4 +148,14 @@ func repeatBasis(b *kvfile.Basis, groups int) *kvfile.Basis {
 		out.Mean = append(out.Mean, b.Mean...)
 	}
 	return out
+}
+
+// allFinite reports whether no value is NaN or infinite.
+func allFinite(xs []float64) bool {
+	for _, x := range xs {
+		if !finite(x) {
+			return false
+		}
+	}
+	return true
 }

@@ -47,8 +47,35 @@ func basisDict(b *Basis, joint bool) *pt.Dict {
 		Set("latent_std", f32(b.LatentStd(), shape...)).Set("energy_fraction", f32(b.energyFraction(), shape...))
 }
 
-// Save writes the calibration file, atomically.
+// Save writes the calibration file, atomically. It refuses to write one that
+// LoadCalibration (or Python) would refuse: values that are not finite in
+// float32, bases that are not orthonormal.
 func (c *Calibration) Save(path string) error {
+	if err := c.valid(); err != nil {
+		return err
+	}
+	return c.save(path)
+}
+
+// valid checks every basis as LoadCalibration does.
+func (c *Calibration) valid() error {
+	for l, pair := range c.Layers {
+		for _, k := range compress.Kinds {
+			for _, b := range []*Basis{pair[k].PerHead, pair[k].Joint} {
+				if b == nil {
+					continue
+				}
+				if err := b.valid(); err != nil {
+					return fmt.Errorf("kvfile: calibration: layer %d %s: %w", l, k, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// save writes the file, unchecked.
+func (c *Calibration) save(path string) error {
 	d := c.dict("kvtorch-calibration")
 	d.Set("tokens", c.Tokens)
 	layers := []any{}
@@ -83,6 +110,21 @@ func (r *reader) basis(d *pt.Dict, groups, dim int64, joint bool) *Basis {
 		}
 	}
 	return b
+}
+
+// valid is check, and values that float32 (the file's dtype) holds.
+func (b *Basis) valid() error {
+	for _, xs := range [][]float64{b.U, b.Eigenvalues, b.Mean} {
+		for _, x := range xs {
+			if f := float32(x); math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+				return fmt.Errorf("%w: a value (%g) that is not finite in float32", ErrFormat, x)
+			}
+		}
+	}
+	if err := b.check(); err != nil {
+		return fmt.Errorf("%w: %v", ErrFormat, err)
+	}
+	return nil
 }
 
 // check refuses eigenvalues below zero and bases that are not orthonormal:

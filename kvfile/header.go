@@ -42,6 +42,9 @@ type TextFile struct {
 	Path      string `json:"path"`
 	SHA256    string `json:"sha256"`
 	Documents int    `json:"documents"`
+	// Fingerprint is a sample of its lines' hashes (calibration files keep
+	// it; see SharedText).
+	Fingerprint []int64 `json:"-"`
 }
 
 // Header is what calibration and statistics files share.
@@ -56,7 +59,15 @@ func (h *Header) dict(format string) *pt.Dict {
 	mi, o, g := h.Model, h.Options, h.Geometry
 	texts := []any{}
 	for _, t := range h.Texts {
-		texts = append(texts, pt.NewDict().Set("path", t.Path).Set("sha256", t.SHA256).Set("documents", int64(t.Documents)))
+		td := pt.NewDict().Set("path", t.Path).Set("sha256", t.SHA256).Set("documents", int64(t.Documents))
+		if t.Fingerprint != nil {
+			fp := make([]any, len(t.Fingerprint))
+			for i, h := range t.Fingerprint {
+				fp[i] = h
+			}
+			td.Set("fingerprint", fp)
+		}
+		texts = append(texts, td)
 	}
 	return pt.NewDict().Set("format", format).Set("version", int64(FormatVersion)).
 		Set("model", pt.NewDict().Set("name", mi.Name).Set("file", mi.File).Set("sha256", mi.SHA256).
@@ -101,7 +112,22 @@ func readHeader(path, format string, minVersion int) (*reader, *pt.Dict, Header,
 	tl, _ := r.get(d, "texts").([]any)
 	for _, x := range tl {
 		td, _ := x.(*pt.Dict)
-		h.Texts = append(h.Texts, TextFile{Path: r.str(td, "path"), SHA256: r.str(td, "sha256"), Documents: int(r.int(td, "documents"))})
+		tf := TextFile{Path: r.str(td, "path"), SHA256: r.str(td, "sha256"), Documents: int(r.int(td, "documents"))}
+		if fp, ok := td.Get("fingerprint"); td != nil && ok { // optional: files before it have none
+			l, ok := fp.([]any)
+			if !ok || len(l) > fingerprintMax {
+				r.fail("texts: fingerprint is not a list of at most %d hashes", fingerprintMax)
+			}
+			for _, x := range l {
+				h, ok := x.(int64)
+				if !ok {
+					r.fail("texts: fingerprint holds %T", x)
+					break
+				}
+				tf.Fingerprint = append(tf.Fingerprint, h)
+			}
+		}
+		h.Texts = append(h.Texts, tf)
 	}
 	od := r.dict(d, "options")
 	h.Options = Options{MaxLength: int(r.int(od, "max_length")), BatchSize: int(r.int(od, "batch_size")),

@@ -2,10 +2,12 @@ package kvfile
 
 import (
 	"errors"
+	"github.com/kvtorch/kvtorch/tokenizer"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -157,7 +159,7 @@ func identityBasis(groups, dim int) *Basis {
 
 func testCalibration() *Calibration {
 	c := &Calibration{Header: Header{Model: ModelInfo{Name: "m", File: "m.pt", SHA256: "abc", KVSource: "pre_rope", Architecture: "llama"},
-		Geometry: geo, Texts: []TextFile{{"a.txt", "00", 1}}, Options: Options{MaxLength: 512, Method: "eigh", Accumulate: "float32", Sinks: 4}},
+		Geometry: geo, Texts: []TextFile{{Path: "a.txt", SHA256: "00", Documents: 1}}, Options: Options{MaxLength: 512, Method: "eigh", Accumulate: "float32", Sinks: 4}},
 		Tokens: 100}
 	for l := 0; l < geo.Layers; l++ {
 		var pair [2]SideBases
@@ -205,7 +207,10 @@ func TestCalibrationRefusesBadBases(t *testing.T) {
 		c := testCalibration()
 		mutate(c)
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".pt")
-		if err := c.Save(path); err != nil {
+		if err := c.Save(path); !errors.Is(err, ErrFormat) {
+			t.Errorf("%s: Save wrote it: %v", name, err)
+		}
+		if err := c.save(path); err != nil { // as another tool could write it
 			t.Fatal(err)
 		}
 		if _, err := LoadCalibration(path); !errors.Is(err, ErrFormat) {
@@ -222,7 +227,7 @@ func TestCalibrationRefusesBadBases(t *testing.T) {
 
 func testStats(sha string, text string, rows int) *Stats {
 	rng := rand.New(rand.NewPCG(uint64(rows), 9))
-	s := &Stats{Header: Header{Model: ModelInfo{SHA256: sha}, Geometry: geo, Texts: []TextFile{{text, text, 1}}, Options: Options{Sinks: 4}}}
+	s := &Stats{Header: Header{Model: ModelInfo{SHA256: sha}, Geometry: geo, Texts: []TextFile{{Path: text, SHA256: text, Documents: 1}}, Options: Options{Sinks: 4}}}
 	for l := 0; l < geo.Layers; l++ {
 		s.Layers = append(s.Layers, [2]*Moments{momentsOf(randomRows(rng, rows, geo.Width(compress.K), 1)),
 			momentsOf(randomRows(rng, rows, geo.Width(compress.V), 1))})
@@ -270,7 +275,7 @@ func testPreset() *Preset {
 	s.Layers[1][compress.K] = compress.Side{Basis: compress.PerHead, Rank: 2, Bits: 16}
 	return NewPreset(PresetSource{Name: "m", File: "m.pt", SHA256: "abc", KVSource: "pre_rope", CalibrationFile: "c.pt",
 		CalibrationSHA256: "def"}, geo, s, compress.Target{true, true}, 4096, 10, 10.3,
-		EvalInfo{Texts: []TextFile{{"e.txt", "11", 1}}, SHA256: "22", SeqLen: 512, Tokens: 511})
+		EvalInfo{Texts: []TextFile{{Path: "e.txt", SHA256: "11", Documents: 1}}, SHA256: "22", SeqLen: 512, Tokens: 511})
 }
 
 func TestPresetRoundTrip(t *testing.T) {
@@ -395,6 +400,68 @@ func TestCorpus(t *testing.T) {
 		os.WriteFile(p, []byte(line+"\n"), 0o644)
 		if _, err := ReadCorpus([]string{p}, nil); err == nil || !strings.Contains(err.Error(), "bad.jsonl:1") {
 			t.Errorf("%s: got %v", line, err)
+		}
+	}
+}
+
+// TestCorpusBOM: a byte order mark at the start of a file is not text, nor
+// a JSONL parse error (issue 21: "invalid character 'ï'").
+func TestCorpusBOM(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.jsonl"), []byte("\xef\xbb\xbf{\"text\": \"one\"}\n{\"text\": \"two\"}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "b.txt"), []byte("\xef\xbb\xbfhello"), 0o644)
+	c, err := ReadCorpus([]string{dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range c.Docs {
+		doc, err := c.Load(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, doc.Text)
+	}
+	if strings.Join(got, "|") != "one|two|hello" {
+		t.Fatalf("documents %q", got)
+	}
+}
+
+// TestWindowsMemoryFollowsTokens: --max-tokens bounds what is read and
+// tokenized whatever the text's shape (issue 21: a file without blank lines
+// was tokenized whole; 100 MB of one sentence per line took 4.28 GB).
+func TestWindowsMemoryFollowsTokens(t *testing.T) {
+	tok, err := tokenizer.LoadFile("../testdata/refmodel.tokenizer.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	line := "The quick brown fox jumps over the lazy dog, again and again.\n"
+	for name, text := range map[string]string{
+		"lines.txt": strings.Repeat(line, (32<<20)/len(line)),                        // no blank line
+		"one.txt":   strings.Repeat(strings.TrimSpace(line)+" ", (32<<20)/len(line)), // no line break
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := ReadCorpus([]string{path}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		w, err := c.NewWindows(tok, 4096, -1, 512, 2044)
+		runtime.ReadMemStats(&after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.Tokens() != 2044 {
+			t.Fatalf("%s: %d tokens", name, w.Tokens())
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 24<<20 {
+			t.Fatalf("%s: 2,044 tokens of a 32 MB file allocated %d MB", name, alloc>>20)
 		}
 	}
 }

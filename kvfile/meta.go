@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/kvtorch/kvtorch/compress"
+	"github.com/kvtorch/kvtorch/pt"
 )
 
 // ErrContract marks a model file that breaks the kvtorch model contract
@@ -94,4 +95,30 @@ func (md *Metadata) HookPrefix(layer int, k compress.Kind) string {
 		p = md.Hook.V
 	}
 	return strings.ReplaceAll(p, "{layer}", fmt.Sprint(layer))
+}
+
+// ReadModel reads a kvtorch model file's kvtorch.json and the tokenizer it
+// names, without loading (or running) the model: pure Go, bounded memory
+// whatever else the file holds.
+func ReadModel(path string) (*Metadata, []byte, error) {
+	s, err := pt.ReadScript(path, "kvtorch.json")
+	if err != nil {
+		return nil, nil, fmt.Errorf("model %s: %w", path, err)
+	}
+	raw, ok := s.Data["kvtorch.json"]
+	if !ok {
+		return nil, nil, fmt.Errorf("model %s: %w: no kvtorch.json extra file (export it with python -m kvtorch.export)", path, ErrContract)
+	}
+	md, err := ParseMetadata(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("model %s: %w", path, err)
+	}
+	if s, err = pt.ReadScript(path, md.Tokenizer); err != nil {
+		return nil, nil, fmt.Errorf("model %s: %w", path, err)
+	}
+	tok, ok := s.Data[md.Tokenizer]
+	if !ok {
+		return nil, nil, fmt.Errorf("model %s: %w: no %s extra file", path, ErrContract, md.Tokenizer)
+	}
+	return md, tok, nil
 }

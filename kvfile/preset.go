@@ -1,7 +1,6 @@
 package kvfile
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -115,6 +114,9 @@ func NewPreset(src PresetSource, g compress.Geometry, s compress.Setting, target
 		HeadDimK: g.Dims[0], HeadDimV: g.Dims[1], Target: target.String(), SinkTokens: s.Sinks,
 		ContextLength: context, CacheBytesPerElem: compress.ElementBytes, BaselinePPL: baseline,
 		CompressedPPL: compressed, PPLDelta: compressed/baseline - 1, Eval: e}
+	if p.Eval.Texts == nil {
+		p.Eval.Texts = []TextFile{}
+	}
 	ranks, bits := map[int]bool{}, map[int]bool{}
 	for l, pair := range s.Layers {
 		k, v := pair[compress.K], pair[compress.V]
@@ -187,6 +189,9 @@ func (p *Preset) Save(path string) error {
 	if err != nil {
 		return fmt.Errorf("kvfile: preset: %w", err)
 	}
+	if _, err := ParsePreset(b); err != nil { // never write what kvtorch (or Python) would refuse
+		return fmt.Errorf("kvfile: preset: %w", err)
+	}
 	err = atomicfile.Write(path, func(w io.Writer) error {
 		_, err := w.Write(append(b, '\n'))
 		return err
@@ -213,16 +218,31 @@ func LoadPreset(path string) (*Preset, error) {
 	if len(b) > maxPresetBytes {
 		return nil, fmt.Errorf("preset %s: %w: larger than %d MB", path, ErrFormat, maxPresetBytes>>20)
 	}
-	var p Preset
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&p); err != nil {
-		return nil, fmt.Errorf("preset %s: %w: not a preset JSON file: %v", path, ErrFormat, err)
+	p, err := ParsePreset(b)
+	if err != nil {
+		return nil, fmt.Errorf("preset %s: %w", path, err)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("preset %s: %w: more data after the JSON document", path, ErrFormat)
+	return p, nil
+}
+
+// ParsePreset reads and checks a preset's JSON (see LoadPreset). Its
+// structure is checked against preset.schema.json first, exactly: no key
+// twice, none unknown (keys are case-sensitive), every value of its type and
+// range; then the rules that relate fields to each other.
+func ParsePreset(b []byte) (*Preset, error) {
+	v, err := decodeStrict(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not a preset JSON file: %v", ErrFormat, err)
+	}
+	if err := validate(presetRules, presetRules, v, ""); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
+	}
+	var p Preset
+	if err := json.Unmarshal(b, &p); err != nil { // every key is exactly a field's: checked above
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
 	if err := p.check(); err != nil {
-		return nil, fmt.Errorf("preset %s: %w: %v", path, ErrFormat, err)
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
 	return &p, nil
 }
@@ -237,6 +257,8 @@ func (p *Preset) check() error {
 		return fmt.Errorf("no model_sha256 or calibration_sha256")
 	case p.NumLayers <= 0 || p.NumLayers > maxDim || len(p.Layers) != p.NumLayers:
 		return fmt.Errorf("%d layers listed, num_layers %d", len(p.Layers), p.NumLayers)
+	case p.HeadDim != p.HeadDimK:
+		return fmt.Errorf("head_dim %d is not head_dim_k %d", p.HeadDim, p.HeadDimK)
 	case p.NKVHeads <= 0 || p.HeadDimK <= 0 || p.HeadDimV <= 0 || p.NKVHeads*max(p.HeadDimK, p.HeadDimV) > maxDim:
 		return fmt.Errorf("shapes out of range: %d KV heads of %d/%d", p.NKVHeads, p.HeadDimK, p.HeadDimV)
 	case p.CacheBytesPerElem != compress.ElementBytes:

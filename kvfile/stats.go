@@ -128,5 +128,12 @@ func MergeStats(shards []*Stats) (*Stats, error) {
 		}
 		out.Texts = append(out.Texts, s.Texts...)
 	}
+	for l, pair := range out.Layers {
+		for _, k := range compress.Kinds {
+			if err := pair[k].Check(); err != nil {
+				return nil, fmt.Errorf("kvfile: merge: layer %d %s: the sum of the shards overflows: %w", l, k, err)
+			}
+		}
+	}
 	return out, nil
 }

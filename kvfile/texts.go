@@ -39,9 +39,34 @@ const maxStdin = 1 << 30
 type Corpus struct {
 	Files []TextFile
 	Docs  []Doc
-	paths []string // Files[i]'s path on disk ("-": stdin)
-	stdin []byte
+	// Duplicates are files left out because an earlier file has the same
+	// content (the same file given twice, or a copy): read once, a text
+	// counts once.
+	Duplicates []Duplicate
+	paths      []string // Files[i]'s path on disk ("-": stdin)
+	stdin      []byte
+	seen       map[string]string // sha256 -> path
+	read       map[uint64]bool   // the sampled lines of the text tokenized (see SharedText), when not nil
 }
+
+// note samples the lines of text that is being tokenized.
+func (c *Corpus) note(text []byte) {
+	if c.read == nil {
+		return
+	}
+	f := &fingerprinter{keep: func(h uint64) bool { c.read[h] = true; return true }}
+	f.Write(text)
+	f.flush()
+}
+
+// Duplicate is a file left out of a corpus, and the file it repeats.
+type Duplicate struct {
+	Path, SameAs string
+}
+
+// bom is the UTF-8 byte order mark some editors write at the start of a
+// file; it is not part of the text.
+var bom = []byte("\xef\xbb\xbf")
 
 // Doc is one document of a corpus.
 type Doc struct {
@@ -63,7 +88,7 @@ type Document struct {
 // folders (a FIFO, a device), files that look binary (NUL bytes), and JSONL
 // lines that are neither a "text" nor an "input_ids" record.
 func ReadCorpus(paths []string, stdin io.Reader) (*Corpus, error) {
-	c := &Corpus{}
+	c := &Corpus{seen: map[string]string{}}
 	for _, p := range paths {
 		if p == "-" {
 			if c.stdin != nil {
@@ -142,8 +167,14 @@ func (c *Corpus) addFile(path string, jsonl bool) error {
 	}
 	defer f.Close()
 	h := sha256.New()
-	r := bufio.NewReaderSize(io.TeeReader(f, h), 1<<16)
+	fp, lines := fileFingerprint()
+	var tee io.Writer = h
+	if !jsonl {
+		tee = io.MultiWriter(h, fp)
+	}
+	r := bufio.NewReaderSize(io.TeeReader(f, tee), 1<<16)
 	tf := TextFile{Path: path}
+	firstDoc := len(c.Docs)
 	if !jsonl {
 		head, _ := r.Peek(64 << 10)
 		if err := checkText(path, head); err != nil {
@@ -160,10 +191,13 @@ func (c *Corpus) addFile(path string, jsonl bool) error {
 		for line := 1; ; line++ {
 			b, err := r.ReadBytes('\n')
 			if len(b) > 0 {
-				if rec := bytes.TrimSpace(b); len(rec) > 0 {
-					if _, _, err := parseRecord(rec); err != nil {
+				if rec := bytes.TrimSpace(trimBOM(b, off)); len(rec) > 0 {
+					text, _, err := parseRecord(rec)
+					if err != nil {
 						return fmt.Errorf("texts: %s:%d: %w", path, line, err)
 					}
+					fp.Write([]byte(text))
+					fp.Write([]byte("\n"))
 					c.Docs = append(c.Docs, Doc{Source: fmt.Sprintf("%s:%d", path, line), File: idx, off: off, n: int64(len(b)), jsonl: true})
 					tf.Documents++
 				}
@@ -177,9 +211,27 @@ func (c *Corpus) addFile(path string, jsonl bool) error {
 			}
 		}
 	}
+	fp.flush()
 	tf.SHA256 = hex.EncodeToString(h.Sum(nil))
+	tf.Fingerprint = *lines
+	if first, dup := c.seen[tf.SHA256]; dup {
+		c.Docs = c.Docs[:firstDoc]
+		c.paths = c.paths[:idx]
+		c.Duplicates = append(c.Duplicates, Duplicate{Path: path, SameAs: first})
+		return nil
+	}
+	c.seen[tf.SHA256] = path
 	c.Files = append(c.Files, tf)
 	return nil
+}
+
+// trimBOM drops a byte order mark from the start of a file (b read at
+// offset off).
+func trimBOM(b []byte, off int64) []byte {
+	if off == 0 {
+		return bytes.TrimPrefix(b, bom)
+	}
+	return b
 }
 
 // checkText refuses data that looks binary: NUL bytes, or mostly invalid
@@ -241,6 +293,7 @@ func (c *Corpus) Load(d Doc) (Document, error) {
 	if _, err := io.ReadFull(f, b); err != nil {
 		return Document{}, fmt.Errorf("texts: %s: %w (did the file change?)", d.Source, err)
 	}
+	b = trimBOM(b, d.off)
 	if !d.jsonl {
 		return Document{Text: string(b)}, nil
 	}
@@ -334,6 +387,9 @@ func (c *Corpus) Encode(tok *tokenizer.Tokenizer, vocab int, docs []Doc, o Encod
 // many (want <= 0: all). Documents over chunkBytes are tokenized a piece at
 // a time, each piece ending after a blank line, until want tokens are there.
 func (c *Corpus) tokens(tok *tokenizer.Tokenizer, vocab int, d Doc, want int) ([]int, error) {
+	if !d.jsonl && d.n > chunkBytes {
+		return c.streamTokens(tok, d, want)
+	}
 	doc, err := c.Load(d)
 	if err != nil {
 		return nil, err
@@ -346,28 +402,78 @@ func (c *Corpus) tokens(tok *tokenizer.Tokenizer, vocab int, d Doc, want int) ([
 		}
 		return doc.IDs, nil
 	}
-	text := doc.Text
-	if len(text) <= chunkBytes {
-		return tok.Encode(text), nil
+	c.note([]byte(doc.Text))
+	return tok.Encode(doc.Text), nil
+}
+
+// cutSlack is how far past chunkBytes a piece may run to end at a good
+// place.
+const cutSlack = 64 << 10
+
+// streamTokens tokenizes a large text document a piece at a time, read from
+// its file as it goes, until want tokens are there (want <= 0: all): memory
+// follows the tokens asked for, not the document's size. Pieces end after
+// a blank line where there is one within cutSlack of chunkBytes, else after
+// a line break, else at a space, else between two characters.
+func (c *Corpus) streamTokens(tok *tokenizer.Tokenizer, d Doc, want int) ([]int, error) {
+	f, err := c.open(d.File)
+	if err != nil {
+		return nil, err
 	}
+	defer f.Close()
+	r := bufio.NewReaderSize(io.NewSectionReader(f.(io.ReaderAt), d.off, d.n), 1<<16) // *os.File, or stdin's *bytes.Reader
 	var ids []int
+	var carry []byte
 	first := true
-	for len(text) > 0 && (want <= 0 || len(ids) < want) {
-		cut := len(text)
-		if cut > chunkBytes {
-			if i := strings.Index(text[chunkBytes:], "\n\n"); i >= 0 {
-				cut = chunkBytes + i + 2
-			}
+	for want <= 0 || len(ids) < want {
+		size := chunkBytes // as much as a few tokens need, when few are wanted
+		if want > 0 {
+			size = min(size, max(cutSlack, 16*(want-len(ids))))
+		}
+		buf := make([]byte, max(size+cutSlack, len(carry)))
+		copy(buf, carry)
+		n, err := io.ReadFull(r, buf[len(carry):])
+		buf = buf[:len(carry)+n]
+		last := err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !last {
+			return nil, fmt.Errorf("texts: %s: %w", d.Source, err)
 		}
 		if first {
-			ids = tok.Encode(text[:cut]) // the post-processor's tokens (BOS) once, at the start
+			buf = trimBOM(buf, d.off)
+		}
+		cut := len(buf)
+		if !last {
+			cut = cutPoint(buf, min(size, len(buf)))
+		}
+		c.note(buf[:cut])
+		if first {
+			ids = tok.Encode(string(buf[:cut])) // the post-processor's tokens (BOS) once, at the start
 			first = false
 		} else {
-			ids = append(ids, tok.EncodePlain(text[:cut])...)
+			ids = append(ids, tok.EncodePlain(string(buf[:cut]))...)
 		}
-		text = text[cut:]
+		carry = append([]byte(nil), buf[cut:]...)
+		if last && len(carry) == 0 {
+			break
+		}
 	}
 	return ids, nil
+}
+
+// cutPoint is where a piece of b ends, at or after from: after the first
+// blank line, else line break, else space at or after from; else at the
+// first character boundary.
+func cutPoint(b []byte, from int) int {
+	rest := b[from:]
+	for _, sep := range []string{"\n\n", "\n", " "} {
+		if i := bytes.Index(rest, []byte(sep)); i >= 0 {
+			return from + i + len(sep)
+		}
+	}
+	for from < len(b) && !utf8.RuneStart(b[from]) {
+		from++
+	}
+	return from
 }
 
 // Windows is held-out text cut into non-overlapping windows of SeqLen tokens.
@@ -376,6 +482,9 @@ type Windows struct {
 	Windows [][]int
 	Files   []TextFile
 	SHA256  string // over the files' sha256s, in order
+	// Lines are the sampled lines of the text the windows were cut from
+	// (see SharedText).
+	Lines map[uint64]bool
 }
 
 // Tokens is the number of predicted tokens (SeqLen − 1 per window).
@@ -394,7 +503,9 @@ func (c *Corpus) NewWindows(tok *tokenizer.Tokenizer, vocab, eos, seqLen, maxTok
 	if seqLen < 2 {
 		return nil, fmt.Errorf("seq-len %d: at least 2", seqLen)
 	}
-	w := &Windows{SeqLen: seqLen, Files: c.Files, SHA256: c.SHA256()}
+	w := &Windows{SeqLen: seqLen, Files: c.Files, SHA256: c.SHA256(), Lines: map[uint64]bool{}}
+	c.read = w.Lines
+	defer func() { c.read = nil }()
 	maxWindows := -1
 	if maxTokens > 0 {
 		maxWindows = maxTokens / (seqLen - 1)

@@ -59,6 +59,9 @@ func calibrateAction(c *cli.Context) error {
 	if c.Bool("stats-only") && c.String("stats-out") == "" {
 		return usagef("--stats-only needs --stats-out")
 	}
+	if err := checkDevice(c); err != nil {
+		return err
+	}
 	model, err := modelPath(c)
 	if err != nil {
 		return err
@@ -69,10 +72,10 @@ func calibrateAction(c *cli.Context) error {
 		out = ""
 	}
 	if err := checkOutputs(append([]string{model}, files(texts)...),
-		map[string]string{"output": out, "stats-out": c.String("stats-out"), "plot": c.String("plot")}); err != nil {
+		output{"output", out}, output{"stats-out", c.String("stats-out")}, output{"plot", c.String("plot")}); err != nil {
 		return err
 	}
-	corpus, err := readTexts(texts)
+	corpus, err := readTexts(c, texts)
 	if err != nil {
 		return err
 	}

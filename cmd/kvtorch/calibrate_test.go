@@ -204,3 +204,74 @@ func TestCalibrateFromStdin(t *testing.T) {
 		t.Fatalf("%v %+v", err, cal)
 	}
 }
+
+// TestCalibrateTextOnce: the same text given twice (one file named twice,
+// or a copy under another name) counts once, with a note; the shard it makes
+// merges on its own (issue 21: it counted twice, and merge refused it).
+func TestCalibrateTextOnce(t *testing.T) {
+	model := filepath.Join(tinyModels(t), "good.pt")
+	dir := t.TempDir()
+	texts := writeTexts(t, 2)
+	a := filepath.Join(texts, "ta.txt")
+	copyOf := filepath.Join(dir, "copy.txt")
+	b, _ := os.ReadFile(a)
+	os.WriteFile(copyOf, b, 0o644)
+	common := []string{"--model", model, "--max-length", "32", "--json"}
+	tokens := func(args ...string) (int64, string) {
+		code, out, e := runCLI(append(append([]string{"calibrate"}, common...), args...)...)
+		if code != 0 {
+			t.Fatal(e)
+		}
+		var sum struct {
+			Tokens int64 `json:"tokens"`
+		}
+		json.Unmarshal([]byte(out), &sum)
+		return sum.Tokens, e
+	}
+	once, _ := tokens("--texts", a, "--output", filepath.Join(dir, "once.pt"))
+	twice, note := tokens("--texts", a, "--texts", a, "--texts", copyOf, "--output", filepath.Join(dir, "twice.pt"),
+		"--stats-out", filepath.Join(dir, "s.pt"))
+	if once == 0 || twice != once || strings.Count(note, "same content as") != 2 {
+		t.Fatalf("tokens once %d, given three times %d; stderr %q", once, twice, note)
+	}
+	if code, _, e := runCLI("merge", "-q", "--output", filepath.Join(dir, "merged.pt"), filepath.Join(dir, "s.pt")); code != 0 {
+		t.Fatalf("merge of the shard alone: %s", e)
+	}
+}
+
+// TestMergeRefusesOverflow: finite but huge statistics (issue 21: sum 1e200,
+// shift 1e300, XᵀX 1e300) end in an error, and no calibration kvtorch would
+// later refuse is written.
+func TestMergeRefusesOverflow(t *testing.T) {
+	model := filepath.Join(tinyModels(t), "good.pt")
+	dir := t.TempDir()
+	shard := filepath.Join(dir, "s.pt")
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", writeTexts(t, 2), "--max-length", "32",
+		"--stats-out", shard, "--stats-only"); code != 0 {
+		t.Fatal(e)
+	}
+	for name, mutate := range map[string]func(m *kvfile.Moments){
+		"sum":   func(m *kvfile.Moments) { m.Sum[0] = 1e200 },
+		"shift": func(m *kvfile.Moments) { m.Shift[0] = 1e300 },
+		"xtx":   func(m *kvfile.Moments) { m.XTX[0] = 1e300 },
+	} {
+		s, err := kvfile.LoadStats(shard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mutate(s.Layers[0][0])
+		bad := filepath.Join(dir, name+".pt")
+		if err := s.Save(bad); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, name+"-calib.pt")
+		code, _, e := runCLI("merge", "-q", "--output", out, bad)
+		t.Logf("%s: %s", name, strings.TrimSpace(e))
+		if code != 1 || strings.Count(strings.TrimSpace(e), "\n") != 0 {
+			t.Errorf("%s: exit %d, stderr %q", name, code, e)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("%s: merge wrote %s", name, out)
+		}
+	}
+}

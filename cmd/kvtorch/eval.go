@@ -59,12 +59,17 @@ type sessionArgs struct {
 	opts               kvtorch.EvalOptions
 	budget             float64 // marks progress results (0: none)
 	quiet              bool
-	outputs            map[string]string
+	outputs            []output
+	inputs             []string       // besides the model, calibration and texts
+	preset             *kvfile.Preset // checked against the model and calibration before any measurement
 }
 
 // sessionArgsOf reads the evaluation flags of c.
 func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
 	if err := nonNegative(c, "max-tokens", "seq-len", "batch-size", "context"); err != nil {
+		return sessionArgs{}, err
+	}
+	if err := checkDevice(c); err != nil {
 		return sessionArgs{}, err
 	}
 	model, err := modelPath(c)
@@ -79,7 +84,8 @@ func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
 // openSession checks outputs against inputs, reads the calibration and the
 // texts, opens the model and measures the baseline.
 func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
-	if err := checkOutputs(append([]string{a.model, a.calibration}, files(a.texts)...), a.outputs); err != nil {
+	inputs := append(append([]string{a.model, a.calibration}, files(a.texts)...), a.inputs...)
+	if err := checkOutputs(inputs, a.outputs...); err != nil {
 		return nil, err
 	}
 	cal, err := kvfile.LoadCalibration(a.calibration)
@@ -90,16 +96,26 @@ func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("calibration: %w", err)
 	}
-	texts, err := readTexts(a.texts)
+	texts, err := readTexts(c, a.texts)
 	if err != nil {
 		return nil, err
 	}
-	m, err := kvtorch.Open(a.model, kvtorch.OpenOptions{Device: c.String("device")})
+	f, err := kvtorch.ReadFile(a.model, "")
+	if err != nil {
+		return nil, err
+	}
+	src := kvtorch.Source{Path: a.calibration, SHA256: calSHA}
+	if a.preset != nil {
+		if err := kvtorch.MatchPreset(a.preset, f, cal, src); err != nil {
+			return nil, err
+		}
+	}
+	m, err := f.Load(c.String("device"))
 	if err != nil {
 		return nil, err
 	}
 	prog := newProgress(c.App.ErrWriter, a.quiet, a.budget)
-	s, err := kvtorch.NewSession(c.Context, m, cal, kvtorch.Source{Path: a.calibration, SHA256: calSHA}, texts, a.opts, prog.event)
+	s, err := kvtorch.NewSession(c.Context, m, cal, src, texts, a.opts, prog.event)
 	prog.finish()
 	if err != nil {
 		m.Close()
@@ -151,13 +167,15 @@ func evalAction(c *cli.Context) error {
 		if !c.IsSet("calibration") {
 			a.calibration = resolveNear(preset.CalibrationFile, p)
 		}
+		a.preset = preset
 	}
 	a.quiet = c.Bool("json")
 	if out := c.String("output"); out != "" {
 		if ranks != nil || c.String("preset") != "" {
 			return usagef("--output writes one setting: give --rank-k, --rank-v and --bits, not --ranks or --preset")
 		}
-		a.outputs = map[string]string{"output": out}
+		a.outputs = []output{{"output", out}}
+		a.inputs = []string{c.String("preset")}
 	}
 	s, err := openSession(c, a)
 	if err != nil {
@@ -169,9 +187,6 @@ func evalAction(c *cli.Context) error {
 	var labels []string
 	switch {
 	case preset != nil:
-		if err := s.PresetMatches(preset); err != nil {
-			return err
-		}
 		settings, labels = []compress.Setting{preset.Setting()}, []string{"preset " + filepath.Base(c.String("preset"))}
 	case ranks != nil:
 		for _, r := range ranks {

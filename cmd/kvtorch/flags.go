@@ -8,8 +8,10 @@ import (
 	"strings"
 
 	"github.com/kvtorch/kvtorch"
+	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/internal/regfile"
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/torch"
 	"github.com/urfave/cli/v2"
 )
 
@@ -121,12 +123,16 @@ func files(paths []string) []string {
 	return out
 }
 
+// output is an output file named by a flag; an empty path is an output not
+// asked for.
+type output struct{ flag, path string }
+
 // checkOutputs refuses, before any work starts, outputs that are an input
 // or another output (the same file by path, link or hard link), outputs in
-// a folder that does not exist, and outputs that exist but are not regular
-// files (a FIFO, /dev/null, a folder). outputs maps a flag to its path;
-// empty paths are unused outputs.
-func checkOutputs(inputs []string, outputs map[string]string) error {
+// a folder that does not exist or cannot be written, and outputs that exist
+// but are not regular files (a FIFO, /dev/null, a folder). Outputs are
+// checked in the order given, so the message is the same on every run.
+func checkOutputs(inputs []string, outputs ...output) error {
 	type file struct {
 		what, path string
 		info       os.FileInfo
@@ -138,10 +144,11 @@ func checkOutputs(inputs []string, outputs map[string]string) error {
 		in = append(in, file{"input " + p, abs, st})
 	}
 	var out []file
-	for flag, p := range outputs {
-		if p == "" {
+	for _, o := range outputs {
+		if o.path == "" {
 			continue
 		}
+		flag, p := o.flag, o.path
 		abs, _ := filepath.Abs(p)
 		dir := filepath.Dir(abs)
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -151,21 +158,33 @@ func checkOutputs(inputs []string, outputs map[string]string) error {
 		if err == nil && !st.Mode().IsRegular() {
 			return usagef("--%s %s: %s, not a file kvtorch may replace", flag, p, regfile.Describe(st.Mode()))
 		}
-		o := file{"--" + flag, abs, st}
-		for _, f := range append(in, out...) {
-			same := f.path == o.path || (f.info != nil && o.info != nil && os.SameFile(f.info, o.info))
-			if same {
-				return usagef("--%s %s is also %s: it would be overwritten; choose another name", flag, p, f.what)
+		if err := atomicfile.CheckWritable(p); err != nil {
+			return usagef("--%s %s: %v", flag, p, err)
+		}
+		f := file{"--" + flag, abs, st}
+		for _, g := range append(in, out...) {
+			if g.path == f.path || (g.info != nil && f.info != nil && os.SameFile(g.info, f.info)) {
+				return usagef("--%s %s is also %s: it would be overwritten; choose another name", flag, p, g.what)
 			}
 		}
-		out = append(out, o)
+		out = append(out, f)
 	}
 	return nil
 }
 
-// readTexts reads a corpus, with stdin for "-".
-func readTexts(paths []string) (*kvfile.Corpus, error) {
-	return kvfile.ReadCorpus(paths, os.Stdin)
+// readTexts reads a corpus, with stdin for "-", and notes on stderr (unless
+// --quiet) the files left out as copies of others.
+func readTexts(c *cli.Context, paths []string) (*kvfile.Corpus, error) {
+	corpus, err := kvfile.ReadCorpus(paths, os.Stdin)
+	if err != nil {
+		return nil, err
+	}
+	if !c.Bool("quiet") {
+		for _, d := range corpus.Duplicates {
+			fmt.Fprintf(c.App.ErrWriter, "kvtorch: note: %s has the same content as %s: read once\n", d.Path, d.SameAs)
+		}
+	}
+	return corpus, nil
 }
 
 // resolveNear returns path as is when it exists (or is absolute), else
@@ -178,6 +197,17 @@ func resolveNear(path, ref string) string {
 		return path
 	}
 	return filepath.Join(filepath.Dir(ref), path)
+}
+
+// checkDevice refuses a --device that names no device kvtorch knows (exit
+// 2), before any work; whether the device exists is checked when it is used.
+func checkDevice(c *cli.Context) error {
+	if d := c.String("device"); d != "" {
+		if _, err := torch.ParseDevice(d); err != nil {
+			return usagef("--device %s: want cpu, cuda or cuda:N", d)
+		}
+	}
+	return nil
 }
 
 // nonNegative refuses negative values of integer flags (exit 2).

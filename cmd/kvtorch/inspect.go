@@ -1,18 +1,16 @@
 package main
 
 import (
-	"archive/zip"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"sort"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/kvtorch/kvtorch/internal/regfile"
 	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/pt"
 	"github.com/urfave/cli/v2"
@@ -40,8 +38,10 @@ func inspectAction(c *cli.Context) error {
 		return usagef("inspect takes one FILE.pt argument")
 	}
 	path := c.Args().First()
-	if extra, ok := torchScriptExtras(path); ok {
-		return inspectModel(c, path, extra)
+	if script, err := pt.ReadScript(path, "kvtorch.json"); err == nil {
+		return inspectModel(c, path, script)
+	} else if !errors.Is(err, pt.ErrNotScript) {
+		return err
 	}
 	f, err := pt.Open(path)
 	if err != nil {
@@ -49,8 +49,7 @@ func inspectAction(c *cli.Context) error {
 	}
 	w := c.App.Writer
 	if c.Bool("json") {
-		budget := maxShown
-		v, err := jsonValue(f.Value, c.Bool("stats"), &budget)
+		v, err := jsonValue(f.Value, c.Bool("stats"), newBudget())
 		if err != nil {
 			return err
 		}
@@ -61,10 +60,10 @@ func inspectAction(c *cli.Context) error {
 		})
 	}
 	fmt.Fprintf(w, "%s: torch.save archive %q, %d storages, %s\n", path, f.Archive, f.Storages, humanBytes(f.StorageBytes))
-	p := &treePrinter{w: w, stats: c.Bool("stats"), maxItems: c.Int("max-items"), budget: maxShown}
+	p := &treePrinter{w: w, stats: c.Bool("stats"), maxItems: c.Int("max-items"), budget: newBudget()}
 	err = p.print("", f.Value, 0)
 	if errors.Is(err, errTooLarge) {
-		fmt.Fprintf(w, "… stopped after %d lines: the value repeats shared parts more often than that\n", maxShown)
+		fmt.Fprintf(w, "… stopped after %d lines: %s\n", maxShown, p.budget.why())
 		return nil
 	}
 	return err
@@ -75,18 +74,56 @@ func inspectAction(c *cli.Context) error {
 // 2^40 lines.
 const maxShown = 100000
 
-var errTooLarge = errors.New("inspect: the value expands to more than 100000 items (it repeats shared parts)")
+var errTooLarge = errors.New("inspect shows at most 100000 items")
+
+// budget counts the items shown against maxShown, and notices values shown
+// twice (shared parts of the pickle), to say why it ran out.
+type budget struct {
+	left   int
+	seen   map[uintptr]bool
+	shared bool
+}
+
+func newBudget() *budget { return &budget{left: maxShown, seen: map[uintptr]bool{}} }
+
+// take counts v, or returns an error when the budget is spent.
+func (b *budget) take(v any) error {
+	if b.left--; b.left < 0 {
+		return fmt.Errorf("inspect: %s (%w)", b.why(), errTooLarge)
+	}
+	var id uintptr
+	switch x := v.(type) {
+	case *pt.Dict:
+		id = reflect.ValueOf(x).Pointer()
+	case []any, pt.Tuple:
+		if rv := reflect.ValueOf(x); rv.Len() > 0 {
+			id = rv.Pointer()
+		}
+	}
+	if id != 0 {
+		b.shared = b.shared || b.seen[id]
+		b.seen[id] = true
+	}
+	return nil
+}
+
+func (b *budget) why() string {
+	if b.shared {
+		return fmt.Sprintf("the value expands to more than %d items (it repeats shared parts)", maxShown)
+	}
+	return fmt.Sprintf("the value has more than %d items", maxShown)
+}
 
 type treePrinter struct {
 	w        io.Writer
 	stats    bool
 	maxItems int
-	budget   int
+	budget   *budget
 }
 
 func (p *treePrinter) print(label string, v any, depth int) error {
-	if p.budget--; p.budget < 0 {
-		return errTooLarge
+	if err := p.budget.take(v); err != nil {
+		return err
 	}
 	indent := strings.Repeat("  ", depth)
 	if label != "" {
@@ -165,9 +202,9 @@ func (p *treePrinter) seq(line, kind string, xs []any, depth int) error {
 // jsonValue describes v for --json, at most *budget items. Non-finite
 // floats become strings ("NaN", "+Inf", "-Inf"), which JSON cannot hold as
 // numbers.
-func jsonValue(v any, stats bool, budget *int) (any, error) {
-	if *budget--; *budget < 0 {
-		return nil, errTooLarge
+func jsonValue(v any, stats bool, budget *budget) (any, error) {
+	if err := budget.take(v); err != nil {
+		return nil, err
 	}
 	switch x := v.(type) {
 	case *pt.Dict:
@@ -260,45 +297,8 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// torchScriptExtras reads the extra files of a TorchScript file (a zip
-// holding ARCHIVE/code/ and ARCHIVE/extra/NAME), without running anything.
-func torchScriptExtras(path string) (map[string][]byte, bool) {
-	f, err := regfile.Open(path)
-	if err != nil {
-		return nil, false
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, false
-	}
-	z, err := zip.NewReader(f, st.Size())
-	if err != nil {
-		return nil, false
-	}
-	extra, code := map[string][]byte{}, false
-	for _, e := range z.File {
-		parts := strings.SplitN(e.Name, "/", 3)
-		if len(parts) == 3 && parts[1] == "code" {
-			code = true
-		}
-		if len(parts) == 3 && parts[1] == "extra" && e.UncompressedSize64 < 64<<20 {
-			r, err := e.Open()
-			if err != nil {
-				continue
-			}
-			b, err := io.ReadAll(io.LimitReader(r, 64<<20))
-			r.Close()
-			if err == nil {
-				extra[parts[2]] = b
-			}
-		}
-	}
-	return extra, code
-}
-
-func inspectModel(c *cli.Context, path string, extra map[string][]byte) error {
-	raw, ok := extra["kvtorch.json"]
+func inspectModel(c *cli.Context, path string, script *pt.Script) error {
+	raw, ok := script.Data["kvtorch.json"]
 	if !ok {
 		return fmt.Errorf("%s: a TorchScript file without kvtorch.json: not a kvtorch model (export it with python -m kvtorch.export)", path)
 	}
@@ -306,11 +306,7 @@ func inspectModel(c *cli.Context, path string, extra map[string][]byte) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	names := make([]string, 0, len(extra))
-	for n := range extra {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := script.Extras
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, map[string]any{"file": path, "torchscript": true, "extra_files": names, "kvtorch": md})
 	}

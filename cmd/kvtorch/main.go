@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/torch"
@@ -29,7 +30,7 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:      "kvtorch",
 		Usage:     "KV-cache compression presets for language models, measured, not guessed",
 		UsageText: "kvtorch COMMAND [options] [arguments]",
@@ -65,6 +66,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		// Keep urfave/cli from exiting on its own, so main decides the status.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	for _, c := range app.Commands { // a bad flag of a command is a usage error too (exit 2, one line)
+		c.OnUsageError = app.OnUsageError
+	}
+	return app
 }
 
 func main() {
@@ -112,10 +117,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "kvtorch: "+strings.TrimPrefix(oneLine(err.Error()), "kvtorch: "))
 	var ue usageError
-	msg := err.Error()
-	if errors.As(err, &ue) || errors.Is(err, compress.ErrInvalid) ||
-		strings.HasPrefix(msg, "flag provided but not defined") || strings.HasPrefix(msg, "Required flag") ||
-		strings.HasPrefix(msg, "invalid value") {
+	if errors.As(err, &ue) || errors.Is(err, kvtorch.ErrOption) || errors.Is(err, compress.ErrInvalid) {
 		return 2
 	}
 	return 1

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -61,7 +65,12 @@ func TestHelpListsCommands(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{"no-such-command"}, {"version", "--no-such-flag"}, {"version", "extra"}, {"check"}} {
+	for _, args := range [][]string{{"no-such-command"}, {"version", "--no-such-flag"}, {"version", "extra"}, {"check"},
+		{"check", "--no-such-flag"}, {"eval", "--device", "tpu"}, {"calibrate", "--device", "tpu"}, {"tune", "--device", "tpu"},
+		{"merge", "--device", "tpu", "s.pt"}, {"check", "--device", "tpu", "--preset", "p.json"},
+		{"check", "--preset", "p.json", "--max-ppl-delta", "NaN"}, {"check", "--preset", "p.json", "--max-ppl-delta", "nan"},
+		{"check", "--preset", "p.json", "--max-ppl-delta", "Inf"}, {"check", "--preset", "p.json", "--max-ppl-delta", "-0.1"},
+		{"tune", "--target-ppl-delta", "NaN"}} {
 		code, _, errOut := runCLI(args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
@@ -76,5 +85,24 @@ func TestUsageErrors(t *testing.T) {
 func TestOneLine(t *testing.T) {
 	if got := oneLine("a\n  b\tc\n"); got != "a b c" {
 		t.Fatalf("oneLine: got %q", got)
+	}
+}
+
+// TestBudgetFromEnvironment: KVTORCH_BUDGET=nan is refused as --max-ppl-delta
+// NaN is (issue 21: the gate passed with "budget +NaN%"). It runs in a child
+// process: urfave/cli keeps a flag's value from the environment in the
+// package-level flag, which would leak into later tests.
+func TestBudgetFromEnvironment(t *testing.T) {
+	if os.Getenv("KVTORCH_TEST_CHILD") == "budget" {
+		code, _, e := runCLI("check", "--preset", "p.json")
+		fmt.Print(e)
+		os.Exit(code)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBudgetFromEnvironment$")
+	cmd.Env = append(os.Environ(), "KVTORCH_TEST_CHILD=budget", "KVTORCH_BUDGET=nan")
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "want a fraction") {
+		t.Fatalf("exit %v, output %q", err, out)
 	}
 }

@@ -39,15 +39,15 @@ var mergeCommand = &cli.Command{
 		if c.Bool("stats-only") {
 			out = ""
 		}
-		if err := checkOutputs(c.Args().Slice(), map[string]string{"output": out, "stats-out": c.String("stats-out")}); err != nil {
+		if err := checkOutputs(c.Args().Slice(), output{"output", out}, output{"stats-out", c.String("stats-out")}); err != nil {
 			return err
 		}
 		var dev torch.Device
 		if !c.Bool("stats-only") {
-			var err error
-			if dev, err = torch.ParseDevice(c.String("device")); err != nil {
-				return usagef("%v", err)
+			if err := checkDevice(c); err != nil {
+				return err
 			}
+			dev, _ = torch.ParseDevice(c.String("device"))
 			if err := dev.Check(); err != nil {
 				return err
 			}

@@ -20,12 +20,16 @@ func TestRefusedBeforeWork(t *testing.T) {
 		t.Fatal(e)
 	}
 	text := filepath.Join(texts, "ta.txt")
+	other := filepath.Join(dir, "other-kind.txt")
+	if err := os.WriteFile(other, []byte("Text of another kind, to check a preset on.\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	shard := filepath.Join(dir, "s0.pt")
 	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", texts, "--stats-out", shard, "--stats-only", "--seq-len", "64", "--min-tokens", "8"); code != 0 {
 		t.Fatal(e)
 	}
 	before := map[string][]byte{}
-	for _, f := range []string{model, cal, text, shard} {
+	for _, f := range []string{model, cal, text, shard, other} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -33,6 +37,13 @@ func TestRefusedBeforeWork(t *testing.T) {
 		before[f] = b
 	}
 	missing := filepath.Join(dir, "no", "such", "folder", "out.pt")
+	readOnly := "/sys" // sysfs takes no new files, even for root
+	if os.Geteuid() != 0 {
+		readOnly = filepath.Join(dir, "ro")
+		if err := os.Mkdir(readOnly, 0o555); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, c := range []struct {
 		name string
 		args []string
@@ -43,6 +54,9 @@ func TestRefusedBeforeWork(t *testing.T) {
 		{"merge over a shard", []string{"merge", "--output", shard, shard}, "is also input"},
 		{"plot over a text", []string{"calibrate", "--model", model, "--texts", text, "--output", filepath.Join(dir, "x.pt"), "--plot", text}, "is also input"},
 		{"stats over the calibration", []string{"calibrate", "--model", model, "--texts", texts, "--output", filepath.Join(dir, "y.pt"), "--stats-out", filepath.Join(dir, "y.pt")}, "is also --output"},
+		{"candidates over a check text", []string{"tune", "--model", model, "-c", cal, "--texts", texts, "--check-texts", other, "--candidates", other}, "is also input"},
+		{"plot over the output", []string{"tune", "--model", model, "-c", cal, "--texts", texts, "-o", filepath.Join(dir, "p.json"), "--plot", filepath.Join(dir, "p.json")}, "is also --output"},
+		{"unwritable output folder", []string{"calibrate", "--model", model, "--texts", texts, "--output", filepath.Join(readOnly, "calib.pt")}, "does not take new files"},
 		{"missing output folder", []string{"tune", "--model", model, "-c", cal, "--texts", texts, "-o", missing}, "does not exist"},
 		{"negative rank", []string{"eval", "--model", model, "-c", cal, "--texts", texts, "--rank-v", "-5"}, "must not be negative"},
 		{"negative max-tokens", []string{"eval", "--model", model, "-c", cal, "--texts", texts, "--max-tokens", "-3"}, "must not be negative"},

@@ -51,7 +51,7 @@ func tokenizeAction(c *cli.Context) error {
 	if c.Bool("decode") {
 		return decodeIDs(c, tok, paths, out)
 	}
-	corpus, err := readTexts(paths)
+	corpus, err := readTexts(c, paths)
 	if err != nil {
 		return err
 	}
@@ -102,21 +102,9 @@ func loadTokenizer(c *cli.Context) (*tokenizer.Tokenizer, error) {
 	if err != nil {
 		return nil, err
 	}
-	extra, ok := torchScriptExtras(path)
-	if !ok {
-		return nil, fmt.Errorf("%s: not a TorchScript file", path)
-	}
-	raw, ok := extra["kvtorch.json"]
-	if !ok {
-		return nil, fmt.Errorf("%s: no kvtorch.json: not a kvtorch model (export it with python -m kvtorch.export)", path)
-	}
-	md, err := kvfile.ParseMetadata(raw)
+	_, tj, err := kvfile.ReadModel(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	tj, ok := extra[md.Tokenizer]
-	if !ok {
-		return nil, fmt.Errorf("%s: no %s extra file", path, md.Tokenizer)
+		return nil, err
 	}
 	tok, err := tokenizer.Load(tj)
 	if err != nil {

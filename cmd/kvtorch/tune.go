@@ -49,8 +49,8 @@ func tuneAction(c *cli.Context) error {
 		return usagef("tune takes no arguments")
 	}
 	budget := c.Float64("target-ppl-delta")
-	if !(budget > 0 && budget <= 10) {
-		return usagef("--target-ppl-delta must be a fraction in (0, 10], e.g. 0.05")
+	if err := kvtorch.CheckBudget(budget); err != nil {
+		return usagef("--target-ppl-delta %v: want a fraction in (0, %d], e.g. 0.05", budget, kvtorch.MaxBudget)
 	}
 	bits, err := compress.ParseBits(c.String("bits"))
 	if err != nil {
@@ -72,10 +72,11 @@ func tuneAction(c *cli.Context) error {
 		return err
 	}
 	a.budget, a.quiet = budget, c.Bool("quiet")
-	a.outputs = map[string]string{"output": c.String("output"), "plot": c.String("plot"), "candidates": c.String("candidates")}
+	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}}
+	a.inputs = files(c.StringSlice("check-texts"))
 	var checks []*kvfile.Corpus
 	for _, p := range c.StringSlice("check-texts") {
-		ct, err := readTexts([]string{p})
+		ct, err := readTexts(c, []string{p})
 		if err != nil {
 			return err
 		}

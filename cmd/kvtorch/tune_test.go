@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,15 +115,77 @@ func TestBadPresets(t *testing.T) {
 		"not json":  {func() string { p := filepath.Join(dir, "junk.json"); os.WriteFile(p, []byte("{nope"), 0o644); return p }(), "not a preset JSON"},
 		"format":    {edit("format", func(m map[string]any) { m["format"] = "other" }), "format"},
 		"rank":      {edit("rank", func(m map[string]any) { m["layers"].([]any)[0].(map[string]any)["rank_k"] = 999.0 }), "out of range"},
-		"bits":      {edit("bits", func(m map[string]any) { m["layers"].([]any)[1].(map[string]any)["bits_v"] = 3.0 }), "bits 3"},
+		"bits":      {edit("bits", func(m map[string]any) { m["layers"].([]any)[1].(map[string]any)["bits_v"] = 3.0 }), "bits_v is 3"},
 		"layers":    {edit("layers", func(m map[string]any) { m["layers"] = []any{} }), "layers listed"},
 		"model sha": {edit("modelsha", func(m map[string]any) { m["model_sha256"] = "abc" }), "sha256"},
 		"missing":   {filepath.Join(dir, "absent.json"), "no such file"},
+		// Issue 21: keys differing only in case (Go's json matched them to
+		// the same field), a key twice, unknown keys, NaN, and a preset
+		// relabelled with another kv_source.
+		"upper-case key": {rawEdit(t, dir, "upper", raw, `"rank_k":`, `"RANK_K": 1, "rank_k":`), `unknown key "RANK_K"`},
+		"key twice":      {rawEdit(t, dir, "twice", raw, `"rank_k":`, `"rank_k": 1, "rank_k":`), `key "rank_k" given twice`},
+		"unknown key":    {edit("unknown", func(m map[string]any) { m["recent"] = 3.0 }), `unknown key "recent"`},
+		"NaN":            {rawEdit(t, dir, "nan", raw, `"baseline_ppl":`, `"baseline_ppl": NaN, "x":`), "not a preset JSON"},
+		"kv_source":      {edit("kvsource", func(m map[string]any) { m["kv_source"] = "post_rope" }), "the preset is of post_rope keys"},
 	}
 	for name, c := range cases {
 		code, _, e := runCLI("check", "--preset", c.path)
 		if code != 1 || !strings.Contains(e, c.want) || strings.Count(strings.TrimSpace(e), "\n") != 0 {
 			t.Errorf("%s: exit %d, stderr %q; want exit 1 and one line with %q", name, code, e, c.want)
 		}
+	}
+}
+
+// rawEdit writes raw with the first old replaced by new, as name.json.
+func rawEdit(t *testing.T, dir, name string, raw []byte, old, new string) string {
+	t.Helper()
+	s := string(raw)
+	if !strings.Contains(s, old) {
+		t.Fatalf("%s: %q is not in the preset", name, old)
+	}
+	p := filepath.Join(dir, name+".json")
+	if err := os.WriteFile(p, []byte(strings.Replace(s, old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestTuneRefusesCalibrationTextOnStdin: calibration files concatenated on
+// stdin (issue 21: `cat calib/*.txt | kvtorch tune --texts -` got past the
+// guard, which compared files' sha256s) are recognised by their lines.
+func TestTuneRefusesCalibrationTextOnStdin(t *testing.T) {
+	model := filepath.Join(tinyModels(t), "good.pt")
+	dir := t.TempDir()
+	words := strings.Fields("the quick brown fox jumps over lazy dog func main return value cache layer key")
+	var all []byte
+	for f := 0; f < 3; f++ {
+		var b strings.Builder
+		for i := 0; i < 100; i++ {
+			for j := 0; j < 9; j++ {
+				b.WriteString(words[(f*7+i*3+j*j+i*j)%len(words)] + " ")
+			}
+			fmt.Fprintf(&b, "%d %d\n", f, i)
+		}
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("c%d.txt", f)), []byte(b.String()), 0o644)
+		all = append(all, b.String()...)
+	}
+	cal := filepath.Join(dir, "calib.pt")
+	if code, _, e := runCLI("calibrate", "-q", "--model", model, "--texts", dir, "--output", cal, "--seq-len", "64"); code != 0 {
+		t.Fatal(e)
+	}
+	stdin := filepath.Join(t.TempDir(), "stdin.txt")
+	os.WriteFile(stdin, all, 0o644)
+	f, err := os.Open(stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	saved := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = saved }()
+	code, _, e := runCLI("tune", "-q", "--model", model, "--calibration", cal, "--texts", "-", "--seq-len", "32",
+		"--output", filepath.Join(dir, "p.json"))
+	if code != 1 || !strings.Contains(e, "holds the calibration text") {
+		t.Fatalf("exit %d: %s", code, e)
 	}
 }

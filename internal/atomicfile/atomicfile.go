@@ -56,13 +56,17 @@ func untrack(name string) {
 	delete(inFlight, name)
 }
 
-// Write calls write with a temporary file in path's folder, then makes it
-// mode 0644, syncs it, renames it to path and syncs the folder. On any error
-// the temporary file is removed and path is untouched. It refuses to replace
-// something that is not a regular file (a folder, /dev/null, ...).
+// Write calls write with a temporary file in path's folder, then gives it
+// the mode of the file it replaces (0644 for a new file), syncs it, renames
+// it to path and syncs the folder. On any error the temporary file is
+// removed and path is untouched. It refuses to replace something that is
+// not a regular file (a folder, /dev/null, ...). A path that is a symbolic
+// link is written through: the file it points to is replaced, the link
+// stays.
 func Write(path string, write func(w io.Writer) error) (err error) {
-	if st, serr := os.Stat(path); serr == nil && !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file; refusing to replace it", path)
+	path, mode, err := target(path)
+	if err != nil {
+		return err
 	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
@@ -81,7 +85,7 @@ func Write(path string, write func(w io.Writer) error) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err = tmp.Chmod(0o644); err != nil { // CreateTemp makes 0600 files
+	if err = tmp.Chmod(mode); err != nil { // CreateTemp makes 0600 files
 		return err
 	}
 	if err = write(tmp); err != nil {
@@ -108,4 +112,44 @@ func Write(path string, write func(w io.Writer) error) (err error) {
 		d.Close()
 	}
 	return nil
+}
+
+// target resolves the file Write replaces: path itself, or the file a
+// symbolic link at path points to; and the mode to give the new file.
+func target(path string) (string, os.FileMode, error) {
+	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSymlink != 0 {
+		real, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return "", 0, fmt.Errorf("%s: a symbolic link to nothing that can be written (%v)", path, err)
+		}
+		path = real
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err == nil && !st.Mode().IsRegular():
+		return "", 0, fmt.Errorf("%s: not a regular file; refusing to replace it", path)
+	case err == nil:
+		return path, st.Mode().Perm(), nil
+	}
+	return path, 0o644, nil
+}
+
+// CheckWritable reports whether Write could write path: its folder exists
+// and takes new files, and path is not something other than a regular file.
+// It writes nothing that stays.
+func CheckWritable(path string) error {
+	path, _, err := target(path)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("the folder %s does not take new files (%v)", filepath.Dir(path), err)
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
 }

@@ -3,10 +3,11 @@ a transformers cache that stores the latents), the compression hook of the
 model contract, and the exporter of HuggingFace models
 (python -m kvtorch.export). See docs/preset-format.md and
 docs/model-contract.md in the kvtorch repository."""
+from kvtorch.files import KVTorchError
 from kvtorch.hook import KVHook
 from kvtorch.preset import Latents, Preset
 
-__all__ = ["KVHook", "Latents", "Preset", "KVTorchCache"]
+__all__ = ["KVHook", "KVTorchError", "Latents", "Preset", "KVTorchCache"]
 
 
 def __getattr__(name):

@@ -54,6 +54,7 @@ import threading
 import torch
 
 from kvtorch import latent
+from kvtorch.files import KVTorchError
 from kvtorch.preset import Latents
 
 try:
@@ -321,7 +322,17 @@ if Cache is not None:
             t = pos.shape[-1]
             if self.first is None or not self.length:
                 self.first = (pos < 0).sum(-1)  # left padding
-            elif self.layer == 0:  # once per forward: positions must run on (what is stored assumes it)
+            else:
+                # A row with nothing but padding stored (an empty prompt in a
+                # batch) starts where its first real token comes, at whatever
+                # position generate gives it.
+                real = pos >= 0
+                empty = (self.first >= self.length) & real.any(-1)
+                if bool(empty.any()):
+                    at = real.float().argmax(-1)
+                    start = self.length + at - pos.gather(-1, at[:, None])[:, 0]
+                    self.first = torch.where(empty, start, self.first)
+            if self.length and self.layer == 0:  # once per forward: positions must run on (what is stored assumes it)
                 want = self.positions(self.length, self.length + t)
                 if not torch.equal(torch.where(pos < 0, want, pos), want):
                     raise ValueError("KVTorchCache: position ids must run on from the tokens stored (as generate "
@@ -544,6 +555,24 @@ if Cache is not None:
 
         return sdpa_attention_forward, False
 
+    def _check_model(preset, cfg):
+        """The preset's shapes and architecture against the model's config."""
+        p = preset.preset
+        if p["num_layers"] != cfg.num_hidden_layers:
+            raise KVTorchError(f"the preset has {p['num_layers']} layers, the model {cfg.num_hidden_layers}")
+        arch = preset.calibration_model.get("architecture")
+        if arch and getattr(cfg, "model_type", arch) != arch:
+            raise KVTorchError(f"the preset was made for a {arch} model, this one is {cfg.model_type}")
+        if preset.kv_source == "mla_latent":
+            want = (1, getattr(cfg, "kv_lora_rank", None), getattr(cfg, "qk_rope_head_dim", None))
+        else:
+            d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            want = (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, d, d)
+        got = (p["n_kv_heads"], p["head_dim_k"], p["head_dim_v"])
+        if got != want:
+            raise KVTorchError(f"the preset is for {got[0]} KV heads of {got[1]}/{got[2]}, the model has "
+                               f"{want[0]} of {want[1]}/{want[2]}")
+
     AttentionInterface.register("kvtorch", kvtorch_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register("kvtorch", sdpa_mask)  # boolean masks, as sdpa's
 
@@ -553,8 +582,7 @@ if Cache is not None:
 
         def __init__(self, preset, model, latent_attention=True):
             cfg = model.config
-            if preset.preset["num_layers"] != cfg.num_hidden_layers:
-                raise ValueError(f"the preset has {preset.preset['num_layers']} layers, the model {cfg.num_hidden_layers}")
+            _check_model(preset, cfg)
             self.preset = preset
             self.config = cfg
             self.rotary = None

@@ -14,7 +14,6 @@ text models (keys pre_rope, the default, or post_rope) and deepseek_v2
 (mla_latent: keys are the shared KV latent, values the RoPE key part, one
 "head" each). A traced file runs only on the device it was traced on.
 """
-import argparse
 import glob
 import json
 import os
@@ -25,6 +24,7 @@ import tempfile
 import torch
 from torch import nn
 
+from kvtorch.cli import Parser, run
 from kvtorch.hook import FORMAT_VERSION, KVHook
 
 GQA = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
@@ -323,10 +323,72 @@ def find_tokenizer(model_id, explicit):
     raise ExportError(f"no tokenizer.json at {path}; pass --tokenizer")
 
 
+# Names an export must not take: files a model is read from.
+INPUT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".model", ".pth", ".jinja")
+
+
+def check_output(output, model_id, tokenizer, save_hf):
+    """Refuses, before anything is loaded, an output that would replace an
+    input (the model file, any file of the model's folder, the tokenizer),
+    that is named like a model's input file, that exists but is not a regular
+    file (a device, a FIFO, a folder), or whose folder does not exist or
+    takes no new files."""
+    out = os.path.realpath(output)
+    if output.endswith(INPUT_SUFFIXES):
+        raise ExportError(f"--output {output}: a kvtorch model is a TorchScript file; name it .pt "
+                          f"(a {os.path.splitext(output)[1]} name is refused: it is how model inputs are named)")
+    if os.path.lexists(output) and not os.path.isfile(output):
+        raise ExportError(f"--output {output}: exists and is not a regular file; refusing to replace it")
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise ExportError(f"--output {output}: the folder {folder} does not exist")
+    try:  # a real probe: access() says yes to root on a read-only file system
+        fd, probe = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out) + ".", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ExportError(f"--output {output}: the folder {folder} does not take new files ({e.strerror})") from None
+    inputs = [os.path.realpath(p) for p in (model_id, tokenizer) if p and os.path.exists(p)]
+    if out in inputs:
+        raise ExportError(f"--output {output} is the model's input {out}; choose another name")
+    model_dir = os.path.realpath(model_id) if os.path.isdir(model_id) else None
+    if model_dir and os.path.exists(out) and os.path.dirname(out) == model_dir:
+        raise ExportError(f"--output {output} would replace a file of the model folder {model_id}; choose another name")
+    if save_hf:
+        hf = os.path.realpath(save_hf)
+        if model_dir and hf == model_dir:
+            raise ExportError(f"--save-hf {save_hf} is the model folder itself: it would be overwritten")
+        if os.path.dirname(out) == hf:
+            raise ExportError(f"--output {output} is inside --save-hf {save_hf}; choose another folder")
+
+
+def check_device(device):
+    if device == "cpu":
+        return
+    if not (device == "cuda" or re.fullmatch(r"cuda:\d+", device)):
+        raise ExportError(f"--device {device}: want cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ExportError(f"--device {device}: this torch sees no CUDA device")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ExportError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+
+
+def check_tokenizer(tokenizer_json, source):
+    """A tokenizer.json that HF tokenizers reads, or ExportError."""
+    try:
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_str(tokenizer_json)
+    except Exception as e:  # noqa: BLE001 - whatever tokenizers says, the file is unusable
+        first = " ".join(str(e).split())[:200]
+        raise ExportError(f"{source} is not a tokenizer.json HuggingFace tokenizers reads ({first})") from None
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m kvtorch.export", description=__doc__.splitlines()[0],
-                                 epilog="Supported: " + ", ".join(SUPPORTED) + ". Example: python -m kvtorch.export "
-                                 "Qwen/Qwen2.5-0.5B -o qwen.pt; python -m kvtorch.export model.Q4_K_M.gguf -o m.pt")
+    ap = Parser(prog="python -m kvtorch.export", description=__doc__.splitlines()[0],
+                epilog="Supported: " + ", ".join(SUPPORTED) + ". Example: python -m kvtorch.export "
+                "Qwen/Qwen2.5-0.5B -o qwen.pt; python -m kvtorch.export model.Q4_K_M.gguf -o m.pt")
     ap.add_argument("model", help="hub id, local folder, or .gguf file (or a folder holding one)")
     ap.add_argument("--output", "-o", required=True)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; the file runs only there")
@@ -338,25 +400,28 @@ def main(argv=None):
     ap.add_argument("--save-hf", metavar="DIR", help="also save the loaded model (a GGUF file dequantized) and its "
                     "tokenizer.json as a HuggingFace folder, for transformers users")
     args = ap.parse_args(argv)
-    try:
-        if os.path.abspath(args.output) == os.path.abspath(args.model):
-            raise ExportError("--output is the model itself")
-        model, tok = load(args.model, args.dtype)
-        if args.tokenizer or tok is None:
-            tok = find_tokenizer(args.model, args.tokenizer)
-        if args.save_hf:
-            save_hf(model, tok, args.save_hf)
-        kv = args.kv_source
-        if kv is None and model.config.model_type not in MLA:
-            kv = "pre_rope"
-        name = args.name or os.path.basename(args.model.rstrip("/")).removesuffix(".gguf")
-        meta = export(model, tok, kv, args.device, args.output, name=name)
-    except (ExportError, OSError, ValueError) as e:
-        print(f"kvtorch.export: {e}", file=sys.stderr)
-        sys.exit(1)
+    check_output(args.output, args.model, args.tokenizer, args.save_hf)
+    check_device(args.device)
+    explicit = None
+    if args.tokenizer:
+        explicit = find_tokenizer(args.model, args.tokenizer)
+        check_tokenizer(explicit, args.tokenizer)
+    model, tok = load(args.model, args.dtype)
+    if explicit is not None:
+        tok = explicit
+    elif tok is None:
+        tok = find_tokenizer(args.model, None)
+        check_tokenizer(tok, "the model's tokenizer.json")
+    if args.save_hf:
+        save_hf(model, tok, args.save_hf)
+    kv = args.kv_source
+    if kv is None and model.config.model_type not in MLA:
+        kv = "pre_rope"
+    name = args.name or os.path.basename(args.model.rstrip("/")).removesuffix(".gguf")
+    meta = export(model, tok, kv, args.device, args.output, name=name)
     print(f"exported {args.output}: {meta['architecture']}, {meta['n_layers']} layers, "
           f"{meta['n_kv_heads']} KV heads of {meta['head_dim_k']}, kv_source {meta['kv_source']}, {args.device}")
 
 
 if __name__ == "__main__":
-    main()
+    run("kvtorch.export", main)

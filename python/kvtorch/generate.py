@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from kvtorch.cli import Parser, run  # noqa: E402
 from kvtorch.preset import Preset  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def load_tokenizer(model):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m kvtorch.generate", description=__doc__.split("\n\n")[0],
+    ap = Parser(prog="python -m kvtorch.generate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     ap.add_argument("--preset", required=True, help="a kvtorch preset JSON made for this model")
@@ -72,17 +73,11 @@ def main(argv=None):
 
     from kvtorch.cache import KVTorchCache
 
-    try:
-        preset = Preset(a.preset, a.calibration, device=a.device)
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"kvtorch.generate: {a.preset}: {e}")
+    preset = Preset(a.preset, a.calibration, device=a.device)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).to(a.device).eval()
     tok = load_tokenizer(a.model)
     ids = torch.tensor([tok.encode(prompt)], device=a.device)
-    try:
-        cache = KVTorchCache(preset, model)
-    except (ValueError, NotImplementedError) as e:
-        sys.exit(f"kvtorch.generate: {e}")
+    cache = KVTorchCache(preset, model)
 
     def run(cache):
         torch.manual_seed(a.seed)
@@ -109,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run("kvtorch.generate", main)

@@ -26,11 +26,12 @@ preset's bytes (docs/preset-format.md), and exactly what kvtorch eval
 measured.
 """
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 
 import torch
+
+from kvtorch.files import KVTorchError, load_calibration, load_preset, open_regular
 
 KINDS = {"k": "K", "v": "V"}
 
@@ -54,7 +55,7 @@ class Latents:
 
 def _sha256(path):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -92,18 +93,19 @@ def _dequantize(z):
 
 
 class Preset:
-    """A kvtorch preset (docs/preset-format.md) with its calibration."""
+    """A kvtorch preset (docs/preset-format.md) with its calibration.
+
+    Both files are checked as strictly as kvtorch's Go code checks them
+    (kvtorch.files); a bad one raises KVTorchError (a ValueError) with a
+    one-line message."""
 
     def __init__(self, preset_path, calibration_path=None, device="cpu"):
-        with open(preset_path) as f:
-            self.preset = json.load(f)
-        p = self.preset
-        if p.get("format") != "kvtorch-preset" or p.get("version") not in (1, 2):
-            raise ValueError(f"{preset_path}: not a kvtorch preset (version 1 or 2)")
+        self.preset = p = load_preset(preset_path)
         cal_path = calibration_path or _resolve(p["calibration_file"], preset_path)
         if _sha256(cal_path) != p["calibration_sha256"]:
-            raise ValueError(f"{cal_path} is not the calibration the preset was made with (sha256 differs)")
-        cal = torch.load(cal_path)  # weights_only=True
+            raise KVTorchError(f"{cal_path} is not the calibration the preset was made with (sha256 differs)")
+        cal = load_calibration(cal_path, p)  # torch.load(weights_only=True), checked
+        self.calibration_model = cal["model"]
         self.kv_source = p["kv_source"]
         self.heads = p["n_kv_heads"]
         self.sinks = p.get("sink_tokens", 0)
@@ -120,6 +122,8 @@ class Preset:
                 if basis == "none":
                     pass  # quantization of the elements themselves
                 elif basis == "joint":
+                    if "joint" not in b:
+                        raise KVTorchError(f"{cal_path}: no joint bases (made by an older kvtorch): calibrate again")
                     j = b["joint"]
                     std = j["latent_std"][:rank].double()
                     side.update(U=j["U"][:, :rank].to(device), mean=j["mean"].to(device),

@@ -260,3 +260,22 @@ def test_full_rank_generates_as_dynamic_cache(calibrated, tmp_path, arch, kv, ba
             got = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=16,
                              pad_token_id=0, **kw)
         assert torch.equal(got, want), (kw, got, want)
+
+
+def test_all_padding_row(calibrated, tmp_path):
+    """A left-padded batch with a row that is all padding (an empty prompt)
+    generates as DynamicCache does at full rank (issue 21: the cache raised)."""
+    m = tiny_model("llama")
+    d = m.config.hidden_size // m.config.num_attention_heads
+    rank = d * m.config.num_key_value_heads
+    preset = preset_for(calibrated, tmp_path, "llama", "pre_rope", "--basis", "joint", "--rank-k", str(rank),
+                        "--rank-v", str(rank))
+    batch = torch.cat([ids(10, seed=9), torch.zeros(1, 10, dtype=torch.long)])
+    mask = torch.ones_like(batch)
+    mask[1] = 0
+    with torch.no_grad():
+        want = m.generate(batch, attention_mask=mask, past_key_values=DynamicCache(config=m.config),
+                          max_new_tokens=8, pad_token_id=0, do_sample=False)
+        got = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=8,
+                         pad_token_id=0, do_sample=False)
+    assert torch.equal(got, want), (got, want)

@@ -211,3 +211,44 @@ def test_cli_refuses_unsupported_architecture(tmp_path):
     assert r.returncode == 1
     assert "unsupported architecture 'gpt2'" in r.stderr and "llama" in r.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def run_export(*args):
+    return subprocess.run(EXPORT + list(args), capture_output=True, text=True, timeout=300)
+
+
+def test_export_never_replaces_an_input(tmp_path):
+    """Issue 21: -o naming the model's weights, a GGUF, a device, a file of the
+    model folder, or a folder that takes no files, is refused with one line
+    before anything is loaded; a tokenizer that is not one is refused too."""
+    folder = tmp_path / "hf"
+    tiny_model("llama").save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(TOKENIZER)
+    (folder / "x.gguf").write_bytes(b"GGUF not really")
+    (folder / "notes").write_text("mine")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    ro = "/sys" if os.geteuid() == 0 else str(tmp_path / "ro")
+    if os.geteuid() != 0:
+        os.mkdir(ro, 0o555)
+    for args, want in [
+        ((str(folder), "-o", str(folder / "model.safetensors")), "name it .pt"),
+        ((str(folder), "-o", str(folder / "x.gguf")), "name it .pt"),
+        ((str(folder / "x.gguf"), "-o", str(folder / "x.gguf")), "name it .pt"),
+        ((str(folder), "-o", str(folder / "notes")), "a file of the model folder"),
+        ((str(folder), "-o", "/dev/null"), "not a regular file"),
+        ((str(folder), "-o", os.path.join(ro, "m.pt")), "does not take new files"),
+        ((str(folder), "-o", str(tmp_path / "no" / "m.pt")), "does not exist"),
+        ((str(folder), "-o", str(tmp_path / "m.pt"), "--save-hf", str(folder)), "the model folder itself"),
+        ((str(folder), "-o", str(tmp_path / "m.pt"), "--tokenizer", "/etc/passwd"), "not a tokenizer.json"),
+        ((str(folder), "-o", str(tmp_path / "m.pt"), "--device", "tpu"), "want cpu, cuda or cuda:N"),
+        ((str(folder), "--output"), "expected one argument"),
+    ]:
+        r = run_export(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode in (1, 2) and len(lines) == 1 and want in lines[0], (args, r.stderr)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert not (tmp_path / "m.pt").exists()
+    if not torch.cuda.is_available():
+        r = run_export(str(folder), "-o", str(tmp_path / "m.pt"), "--device", "cuda")
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no CUDA device" in r.stderr, r.stderr
