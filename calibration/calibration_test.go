@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 	"gonum.org/v1/gonum/mat"
 )
@@ -19,11 +20,12 @@ var bg = context.Background()
 func TestContractViolationsAreNamed(t *testing.T) {
 	seqs := someSequences(2, 16)
 	for name, want := range map[string]string{
-		"no_meta":      "no kvtorch.json",
-		"missing_hook": "no hook buffer blocks.0.attn.q_hook.down",
-		"wrong_arity":  "forward must return (logits, keys, values), got a tuple of 2",
-		"wrong_kshape": "K of layer 0 has shape",
-		"short_layers": "forward returned 1 K tensors for 2 layers",
+		"no_meta":        "no kvtorch.json",
+		"missing_hook":   "no hook buffer blocks.0.attn.q_hook.down",
+		"wrong_arity":    "forward must return (logits, keys, values), got a tuple of 2",
+		"wrong_kshape":   "K of layer 0 has shape",
+		"short_layers":   "forward returned 1 K tensors for 2 layers",
+		"missing_method": "lists the method kv, which the module does not have",
 	} {
 		t.Run(name, func(t *testing.T) {
 			m, err := load(tinyModel(t, name))
@@ -109,7 +111,7 @@ func directCov(rows [][]float64) (mean []float64, cov *mat.SymDense) {
 	return mean, cov
 }
 
-func accumulate(t *testing.T, m *Model, seqs []kvfile.Sequence, bs int, dtype torch.DType, sinks int, hooks ...Hook) [][2]*kvfile.Moments {
+func accumulate(t *testing.T, m *Model, seqs []texts.Sequence, bs int, dtype torch.DType, sinks int, hooks ...Hook) [][2]*kvfile.Moments {
 	t.Helper()
 	stats := NewStats(m, dtype, sinks)
 	defer stats.Close()
@@ -314,8 +316,8 @@ func calibrate(t *testing.T, m *Model) *kvfile.Calibration {
 }
 
 // evalWindows cuts the ids of n made-up sequences into windows of seqLen.
-func evalWindows(n, seqLen int) *kvfile.Windows {
-	w := &kvfile.Windows{SeqLen: seqLen}
+func evalWindows(n, seqLen int) *texts.Windows {
+	w := &texts.Windows{SeqLen: seqLen}
 	var stream []int
 	for _, s := range someSequences(n, 48) {
 		stream = append(stream, s.IDs...)
@@ -327,7 +329,7 @@ func evalWindows(n, seqLen int) *kvfile.Windows {
 	return w
 }
 
-func ppl(t *testing.T, m *Model, cal *kvfile.Calibration, s compress.Setting, w *kvfile.Windows) float64 {
+func ppl(t *testing.T, m *Model, cal *kvfile.Calibration, s compress.Setting, w *texts.Windows) float64 {
 	t.Helper()
 	if err := Apply(m, cal, s); err != nil {
 		t.Fatal(err)
@@ -411,5 +413,85 @@ func TestApplyRefusesInvalidSettings(t *testing.T) {
 	other.Geometry.Heads = 5
 	if err := Apply(m, &other, compress.Uncompressed(m.Geometry())); !errors.Is(err, kvfile.ErrMismatch) {
 		t.Fatalf("another geometry: got %v, want ErrMismatch", err)
+	}
+}
+
+// TestBodyAndHeadEqualForward: a model with the body and head methods gives
+// the statistics, perplexity and KL of the same weights exported with
+// forward only (as files before those methods): the head applied a chunk of
+// positions at a time changes nothing but rounding.
+func TestBodyAndHeadEqualForward(t *testing.T) {
+	split, whole := loadTiny(t, "good"), loadTiny(t, "good_forward")
+	if !split.Split || !split.Bare || whole.Split || whole.Bare {
+		t.Fatalf("Split, Bare: %v %v and %v %v", split.Split, split.Bare, whole.Split, whole.Bare)
+	}
+	seqs := someSequences(5, 40)
+	var moments [2][][2]*kvfile.Moments
+	for i, m := range []*Model{split, whole} {
+		st := NewStats(m, torch.Float64, 2)
+		if err := Run(bg, m, seqs, RunOptions{BatchSize: 2}, st); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if moments[i], err = st.Moments(); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	for l := range moments[0] {
+		for k := range moments[0][l] {
+			a, b := moments[0][l][k], moments[1][l][k]
+			for i := range a.XTX {
+				if math.Abs(a.XTX[i]-b.XTX[i]) > 1e-9*(1+math.Abs(b.XTX[i])) {
+					t.Fatalf("layer %d side %d: XᵀX[%d] %v vs %v", l, k, i, a.XTX[i], b.XTX[i])
+				}
+			}
+		}
+	}
+	w := &texts.Windows{SeqLen: 40}
+	for _, s := range someSequences(4, 80) {
+		w.Windows = append(w.Windows, s.IDs[:40])
+	}
+	var ppl [2]float64
+	var kl [2]float64
+	for i, m := range []*Model{split, whole} {
+		var err error
+		if ppl[i], err = Perplexity(bg, m, w, 2, nil); err != nil {
+			t.Fatal(err)
+		}
+		ref, err := NewReference(bg, m, w.Windows[:2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kl[i], err = KL(bg, m, ref); err != nil { // the same configuration: 0
+			t.Fatal(err)
+		}
+		ref.Close()
+	}
+	if math.Abs(ppl[0]/ppl[1]-1) > 1e-6 || math.Abs(kl[0]) > 1e-6 || math.Abs(kl[1]) > 1e-6 {
+		t.Fatalf("perplexity %v vs %v, KL %v %v", ppl[0], ppl[1], kl[0], kl[1])
+	}
+}
+
+// TestHeadInChunks: perplexity with the head applied a few positions at a
+// time is the perplexity with all of them at once.
+func TestHeadInChunks(t *testing.T) {
+	m := loadTiny(t, "good")
+	w := &texts.Windows{SeqLen: 48}
+	for _, s := range someSequences(4, 100) {
+		w.Windows = append(w.Windows, s.IDs[:48])
+	}
+	all, err := Perplexity(bg, m, w, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(old int) { logitBytesForTests = old }(logitBytesForTests)
+	logitBytesForTests = 4 * 2 * m.Meta.VocabSize * 5 // 5 positions of 2 rows at a time
+	chunked, err := Perplexity(bg, m, w, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(chunked/all-1) > 1e-6 || m.headPositions(2) != 5 { // float32 products of other shapes round differently
+		t.Fatalf("chunked %v, whole %v (%d positions a chunk)", chunked, all, m.headPositions(2))
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/kvtorch/kvtorch/compress"
-	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -15,7 +15,7 @@ type Batch struct {
 	Index   int           // 0-based batch number
 	IDs     *torch.Tensor // int64 [B, T] on the model's device
 	Lengths []int         // valid tokens per row; positions past them are padding
-	Seqs    []kvfile.Sequence
+	Seqs    []texts.Sequence
 }
 
 // Tokens is the number of valid (non-padding) tokens.
@@ -62,7 +62,7 @@ func (b *Batch) Mask(skip int, dtype torch.DType, dev torch.Device) (*torch.Tens
 func (b *Batch) Close() { b.IDs.Close() }
 
 // MakeBatch pads seqs with pad into a batch on dev.
-func MakeBatch(index int, seqs []kvfile.Sequence, pad int, dev torch.Device) (*Batch, error) {
+func MakeBatch(index int, seqs []texts.Sequence, pad int, dev torch.Device) (*Batch, error) {
 	b := &Batch{Index: index, Seqs: seqs}
 	for _, s := range seqs {
 		b.Lengths = append(b.Lengths, len(s.IDs))
@@ -111,9 +111,10 @@ type RunOptions struct {
 }
 
 // Run feeds seqs through the model in batches and hands each layer's K and V
-// to the hooks. NaN or Inf in K or V stops it with an error naming the layer,
+// to the hooks: through the kv method (the keys and values alone) where the
+// model has one, else the full forward. NaN or Inf in K or V stops it with an error naming the layer,
 // head and batch; a cancelled ctx stops it between batches.
-func Run(ctx context.Context, m *Model, seqs []kvfile.Sequence, opts RunOptions, hooks ...Hook) error {
+func Run(ctx context.Context, m *Model, seqs []texts.Sequence, opts RunOptions, hooks ...Hook) error {
 	bs := max(opts.BatchSize, 1)
 	tokens := 0
 	for bi, start := 0, 0; start < len(seqs); bi, start = bi+1, start+bs {
@@ -138,7 +139,11 @@ func Run(ctx context.Context, m *Model, seqs []kvfile.Sequence, opts RunOptions,
 }
 
 func runBatch(m *Model, b *Batch, hooks []Hook) error {
-	out, err := m.Forward(b.IDs)
+	run := m.Forward
+	if m.Bare {
+		run = m.KV // K and V are all the hooks take
+	}
+	out, err := run(b.IDs)
 	if err != nil {
 		return fmt.Errorf("calibration: batch %d: %w", b.Index, err)
 	}

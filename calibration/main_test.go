@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -62,15 +63,15 @@ func loadTiny(t *testing.T, name string) *Model {
 }
 
 // someSequences makes n sequences of varied lengths from the tiny vocabulary.
-func someSequences(n, maxLen int) []kvfile.Sequence {
-	var seqs []kvfile.Sequence
+func someSequences(n, maxLen int) []texts.Sequence {
+	var seqs []texts.Sequence
 	for i := 0; i < n; i++ {
 		l := maxLen - (i*7)%(maxLen/2)
 		ids := make([]int, l)
 		for j := range ids {
 			ids[j] = (i*31 + j*17 + j*j) % 290
 		}
-		seqs = append(seqs, kvfile.Sequence{IDs: ids, Source: fmt.Sprintf("seq%d", i)})
+		seqs = append(seqs, texts.Sequence{IDs: ids, Source: fmt.Sprintf("seq%d", i)})
 	}
 	return seqs
 }

@@ -27,6 +27,13 @@ type Model struct {
 	Device    torch.Device
 	Module    *torch.Module
 
+	// Split is set when the file has the body and head methods: perplexity
+	// applies the head a few positions at a time. Bare is set when it has the
+	// kv method: calibration gets the keys and values alone (no hooks, no LM
+	// head, the last layer stopped after its K/V projections). Without them
+	// (files exported before), the full forward runs.
+	Split, Bare bool
+
 	applied map[hookKey]string // what Apply last wrote to each hook
 }
 
@@ -56,6 +63,10 @@ func LoadModel(path string, md *kvfile.Metadata, tok []byte, dev torch.Device) (
 		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
 	}
 	m.Module.SetOptimize(false)
+	if err := m.checkMethods(); err != nil {
+		m.Module.Close()
+		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
+	}
 	if err := m.checkHooks(); err != nil {
 		m.Module.Close()
 		return nil, fmt.Errorf("calibration: model %s: %w", path, err)
@@ -125,6 +136,16 @@ func (m *Model) PadID() int {
 	return 0
 }
 
+// BOS is the id every sequence and window starts with (the model's
+// metadata says add_bos), or -1: a model that expects BOS is never fed
+// without it.
+func (m *Model) BOS() int {
+	if m.Meta.AddBOS && m.Meta.BOSTokenID != nil {
+		return *m.Meta.BOSTokenID
+	}
+	return -1
+}
+
 // EOS is the id that separates documents in evaluation text, or -1.
 func (m *Model) EOS() int {
 	if m.Meta.EOSTokenID != nil {
@@ -133,9 +154,51 @@ func (m *Model) EOS() int {
 	return -1
 }
 
-// Output is one forward pass: logits [B, T, V] and per-layer K and V.
+// checkMethods sets Split when kvtorch.json lists body and head, and
+// checks that the module has every method it lists.
+func (m *Model) checkMethods() error {
+	if len(m.Meta.Methods) == 0 {
+		return nil
+	}
+	have, err := m.Module.Methods()
+	if err != nil {
+		return err
+	}
+	for _, name := range m.Meta.Methods {
+		if !slices.Contains(have, name) {
+			return contractf("kvtorch.json lists the method %s, which the module does not have", name)
+		}
+	}
+	m.Split = slices.Contains(m.Meta.Methods, "body") && slices.Contains(m.Meta.Methods, "head")
+	m.Bare = slices.Contains(m.Meta.Methods, "kv")
+	return nil
+}
+
+// KV runs the kv method on ids [B, T] (Bare models only): the true keys and
+// values, nothing else computed that they do not need.
+func (m *Model) KV(ids *torch.Tensor) (*Output, error) {
+	v, err := m.Module.Run("kv", ids)
+	if err != nil {
+		return nil, err
+	}
+	tup, ok := v.(torch.Tuple)
+	if !ok || len(tup) != 2 {
+		torch.CloseValue(v)
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, contractf("kv must return (keys, values), got %s", describeValue(v)))
+	}
+	out, err := m.checkKV(&Output{}, append(torch.Tuple{nil}, tup...), ids.Shape())
+	if err != nil {
+		torch.CloseValue(v)
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, err)
+	}
+	return out, nil
+}
+
+// Output is one forward pass: logits [B, T, V] (or, from Body, the hidden
+// states [B, T, H] the LM head takes) and per-layer K and V.
 type Output struct {
 	Logits *torch.Tensor
+	Hidden *torch.Tensor
 	Keys   []*torch.Tensor
 	Values []*torch.Tensor
 }
@@ -143,6 +206,7 @@ type Output struct {
 // Close frees the output's tensors.
 func (o *Output) Close() {
 	o.Logits.Close()
+	o.Hidden.Close()
 	for _, t := range o.Keys {
 		t.Close()
 	}
@@ -166,6 +230,61 @@ func (m *Model) Forward(ids *torch.Tensor) (*Output, error) {
 	return out, nil
 }
 
+// Body runs the decoder without the LM head on ids [B, T] (the body
+// method; Split models only) and checks the output against the contract:
+// Hidden [B, T, H], Keys and Values.
+func (m *Model) Body(ids *torch.Tensor) (*Output, error) {
+	v, err := m.Module.Run("body", ids)
+	if err != nil {
+		return nil, err
+	}
+	out, err := m.checkBody(v, ids.Shape())
+	if err != nil {
+		torch.CloseValue(v)
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, err)
+	}
+	return out, nil
+}
+
+// Head runs the LM head on hidden states [B, t, H] (Split models only):
+// logits [B, t, V], any padding of the vocabulary cut off.
+func (m *Model) Head(hidden *torch.Tensor) (*torch.Tensor, error) {
+	v, err := m.Module.Run("head", hidden)
+	if err != nil {
+		return nil, err
+	}
+	logits, ok := v.(*torch.Tensor)
+	hs := hidden.Shape()
+	if !ok {
+		torch.CloseValue(v)
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, contractf("head returned %s, not a tensor", describeValue(v)))
+	}
+	if s := logits.Shape(); len(s) != 3 || s[0] != hs[0] || s[1] != hs[1] || s[2] < int64(m.Meta.VocabSize) {
+		logits.Close()
+		return nil, fmt.Errorf("calibration: model %s: %w", m.Path, contractf("head gave logits of shape %v for hidden states %v, want [%d, %d, %d]", s, hs, hs[0], hs[1], m.Meta.VocabSize))
+	}
+	if v := logits.Shape()[2]; v > int64(m.Meta.VocabSize) { // padded vocabularies
+		defer logits.Close()
+		return logits.Narrow(2, 0, int64(m.Meta.VocabSize))
+	}
+	return logits, nil
+}
+
+func (m *Model) checkBody(v torch.Value, in []int64) (*Output, error) {
+	tup, ok := v.(torch.Tuple)
+	if !ok || len(tup) != 3 {
+		return nil, contractf("body must return (hidden, keys, values), got %s", describeValue(v))
+	}
+	hidden, ok := tup[0].(*torch.Tensor)
+	if !ok {
+		return nil, contractf("body output 0 (hidden states) is %s, not a tensor", describeValue(tup[0]))
+	}
+	if s := hidden.Shape(); len(s) != 3 || s[0] != in[0] || s[1] != in[1] {
+		return nil, contractf("hidden states have shape %v, want [%d, %d, H]", s, in[0], in[1])
+	}
+	return m.checkKV(&Output{Hidden: hidden}, tup, in)
+}
+
 func (m *Model) checkOutput(v torch.Value, in []int64) (*Output, error) {
 	tup, ok := v.(torch.Tuple)
 	if !ok || len(tup) != 3 {
@@ -179,7 +298,13 @@ func (m *Model) checkOutput(v torch.Value, in []int64) (*Output, error) {
 	if s := logits.Shape(); len(s) != 3 || s[0] != b || s[1] != t || s[2] < int64(m.Meta.VocabSize) {
 		return nil, contractf("logits have shape %v, want [%d, %d, %d]", s, b, t, m.Meta.VocabSize)
 	}
-	out := &Output{Logits: logits}
+	return m.checkKV(&Output{Logits: logits}, tup, in)
+}
+
+// checkKV reads the keys and values (tup[1], tup[2]) of a forward or body
+// output into out.
+func (m *Model) checkKV(out *Output, tup torch.Tuple, in []int64) (*Output, error) {
+	b, t := in[0], in[1]
 	for i, x := range tup[1:] {
 		k := compress.Kinds[i]
 		seq, ok := x.(torch.Tuple)

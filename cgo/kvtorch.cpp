@@ -531,6 +531,33 @@ kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs
   KVT_CATCH
 }
 
+kvt_err kvt_module_run_method(kvt_module *m, const char *name, kvt_tensor *const *inputs, int ninputs,
+                              int optimize, kvt_value **out) {
+  KVT_TRY
+  c10::InferenceMode guard;
+  torch::jit::GraphOptimizerEnabledGuard optimize_guard(optimize != 0);
+  if (m == nullptr) throw std::invalid_argument("null module handle");
+  if (name == nullptr) throw std::invalid_argument("null method name");
+  auto method = m->m.find_method(name);
+  if (!method) throw std::invalid_argument(std::string("the module has no method ") + name);
+  std::vector<c10::IValue> args;
+  args.reserve(static_cast<size_t>(ninputs));
+  for (int i = 0; i < ninputs; i++) args.emplace_back(tensor_of(inputs[i]));
+  *out = new kvt_value{(*method)(std::move(args))};
+  KVT_CATCH
+}
+
+kvt_err kvt_module_method_names(kvt_module *m, char **names) {
+  KVT_TRY
+  if (m == nullptr) throw std::invalid_argument("null module handle");
+  std::vector<std::string> found;
+  for (const auto &method : m->m.get_methods()) found.push_back(method.name());
+  char *s = dup_string(join_lines(found));
+  if (s == nullptr) throw std::bad_alloc();
+  *names = s;
+  KVT_CATCH
+}
+
 kvt_err kvt_module_buffer_names(kvt_module *m, char **names) {
   KVT_TRY
   if (m == nullptr) throw std::invalid_argument("null module handle");

@@ -160,6 +160,11 @@ kvt_err kvt_extra_file(const char *path, const char *name, char **data, size_t *
  * so it is set here, around each call, for the calling thread only. */
 kvt_err kvt_module_forward(kvt_module *m, kvt_tensor *const *inputs, int ninputs, int optimize,
                            kvt_value **out);
+/* Runs the module's method name(inputs...) (forward included), as kvt_module_forward. */
+kvt_err kvt_module_run_method(kvt_module *m, const char *name, kvt_tensor *const *inputs, int ninputs,
+                              int optimize, kvt_value **out);
+/* Names of the module's own methods ("forward", ...), '\n'-separated; caller frees. */
+kvt_err kvt_module_method_names(kvt_module *m, char **names);
 /* Names of all buffers, recursively ("layers.0.attn.k_up"), '\n'-separated; caller frees. */
 kvt_err kvt_module_buffer_names(kvt_module *m, char **names);
 /* The named buffer (sharing storage with the module's). */

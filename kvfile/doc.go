@@ -2,8 +2,8 @@
 // no libtorch: a model's metadata (the model contract's kvtorch.json), the
 // calibration and statistics files (docs/calibration-format.md, torch.save
 // format through package pt) with their shared header, the statistics
-// themselves and their exact merging, PCA bases, presets
-// (docs/preset-format.md), and calibration and evaluation texts.
+// themselves and their exact merging, PCA bases and presets
+// (docs/preset-format.md). Texts are package texts.
 //
 // Errors name the file and wrap sentinels callers can test with errors.Is:
 // ErrFormat for a file that is not what it should be, ErrMismatch for files

@@ -37,13 +37,16 @@ type Options struct {
 	Sinks       int // leading tokens of every sequence left out of the statistics
 }
 
+// MaxFingerprint is the most line hashes a file's fingerprint holds.
+const MaxFingerprint = 64
+
 // TextFile describes one input text file: its path, sha256 and documents.
 type TextFile struct {
 	Path      string `json:"path"`
 	SHA256    string `json:"sha256"`
 	Documents int    `json:"documents"`
 	// Fingerprint is a sample of its lines' hashes (calibration files keep
-	// it; see SharedText).
+	// it; see texts.SharedText).
 	Fingerprint []int64 `json:"-"`
 }
 
@@ -115,8 +118,8 @@ func readHeader(path, format string, minVersion int) (*reader, *pt.Dict, Header,
 		tf := TextFile{Path: r.str(td, "path"), SHA256: r.str(td, "sha256"), Documents: int(r.int(td, "documents"))}
 		if fp, ok := td.Get("fingerprint"); td != nil && ok { // optional: files before it have none
 			l, ok := fp.([]any)
-			if !ok || len(l) > fingerprintMax {
-				r.fail("texts: fingerprint is not a list of at most %d hashes", fingerprintMax)
+			if !ok || len(l) > MaxFingerprint {
+				r.fail("texts: fingerprint is not a list of at most %d hashes", MaxFingerprint)
 			}
 			for _, x := range l {
 				h, ok := x.(int64)

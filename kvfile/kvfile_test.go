@@ -2,12 +2,10 @@ package kvfile
 
 import (
 	"errors"
-	"github.com/kvtorch/kvtorch/tokenizer"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -311,7 +309,7 @@ func TestPresetRefusesBadFiles(t *testing.T) {
 		"rank over D":      strings.Replace(string(raw), `"rank_k": 2`, `"rank_k": 40`, 1),
 		"bits 3":           strings.Replace(string(raw), `"bits_k": 16`, `"bits_k": 3`, 1),
 		"edited bytes":     strings.Replace(string(raw), `"bytes_per_token_compressed": 23`, `"bytes_per_token_compressed": 2`, 1),
-		"version 3":        strings.Replace(string(raw), `"version": 2`, `"version": 3`, 1),
+		"version 4":        strings.Replace(string(raw), `"version": 3`, `"version": 4`, 1),
 		"negative sinks":   strings.Replace(string(raw), `"sink_tokens": 4`, `"sink_tokens": -1`, 1),
 		"not JSON":         "no",
 		"empty":            "",
@@ -352,116 +350,5 @@ func TestVersion1Preset(t *testing.T) {
 	s := p.Setting()
 	if s.Sinks != 0 || s.Layers[0][compress.K].Basis != compress.PerHead || p.BytesCompressed != 300 || p.BytesAfter != 300 {
 		t.Fatalf("version 1: %+v, %d bytes", s, p.BytesCompressed)
-	}
-}
-
-func TestCorpus(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.txt"), []byte("hello world"), 0o644)
-	os.WriteFile(filepath.Join(dir, "b.jsonl"), []byte("{\"text\": \"one\"}\n\n{\"input_ids\": [5, 6, 7]}\n"), 0o644)
-	c, err := ReadCorpus([]string{dir}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Docs) != 3 || c.Files[1].Documents != 2 || c.Docs[2].Source != filepath.Join(dir, "b.jsonl")+":3" {
-		t.Fatalf("docs: %+v", c.Docs)
-	}
-	d, err := c.Load(c.Docs[2])
-	if err != nil || !d.Pre || len(d.IDs) != 3 || d.IDs[2] != 7 {
-		t.Fatalf("input_ids: %+v %v", d, err)
-	}
-	if d, _ := c.Load(c.Docs[1]); d.Text != "one" {
-		t.Fatalf("text: %+v", d)
-	}
-	stdin, err := ReadCorpus([]string{"-"}, strings.NewReader("from stdin"))
-	if err != nil || len(stdin.Docs) != 1 {
-		t.Fatal(err)
-	}
-	if d, _ := stdin.Load(stdin.Docs[0]); d.Text != "from stdin" {
-		t.Fatalf("stdin: %q", d.Text)
-	}
-	bin := filepath.Join(dir, "bin.txt")
-	os.WriteFile(bin, []byte("ELF\x00\x01\x02"), 0o644)
-	os.Mkdir(filepath.Join(dir, "f"), 0o755)
-	fifo := filepath.Join(dir, "f", "x.txt")
-	syscall.Mkfifo(fifo, 0o644)
-	for _, tc := range []struct{ path, want string }{
-		{bin, "looks binary"}, {fifo, "FIFO"}, {"/dev/zero", "device"},
-	} {
-		if _, err := ReadCorpus([]string{tc.path}, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: got %v, want %q", tc.path, err, tc.want)
-		}
-	}
-	if _, err := ReadCorpus([]string{filepath.Join(dir, "f")}, nil); err == nil || !strings.Contains(err.Error(), "FIFO") {
-		t.Errorf("a FIFO in a folder: %v", err)
-	}
-	for _, line := range []string{`{"text": 3}`, `{"input_ids": [1, -2]}`, `{"text": "a", "input_ids": [1]}`, `{}`, `[1]`} {
-		p := filepath.Join(t.TempDir(), "bad.jsonl")
-		os.WriteFile(p, []byte(line+"\n"), 0o644)
-		if _, err := ReadCorpus([]string{p}, nil); err == nil || !strings.Contains(err.Error(), "bad.jsonl:1") {
-			t.Errorf("%s: got %v", line, err)
-		}
-	}
-}
-
-// TestCorpusBOM: a byte order mark at the start of a file is not text, nor
-// a JSONL parse error (issue 21: "invalid character 'ï'").
-func TestCorpusBOM(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.jsonl"), []byte("\xef\xbb\xbf{\"text\": \"one\"}\n{\"text\": \"two\"}\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "b.txt"), []byte("\xef\xbb\xbfhello"), 0o644)
-	c, err := ReadCorpus([]string{dir}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, d := range c.Docs {
-		doc, err := c.Load(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, doc.Text)
-	}
-	if strings.Join(got, "|") != "one|two|hello" {
-		t.Fatalf("documents %q", got)
-	}
-}
-
-// TestWindowsMemoryFollowsTokens: --max-tokens bounds what is read and
-// tokenized whatever the text's shape (issue 21: a file without blank lines
-// was tokenized whole; 100 MB of one sentence per line took 4.28 GB).
-func TestWindowsMemoryFollowsTokens(t *testing.T) {
-	tok, err := tokenizer.LoadFile("../testdata/refmodel.tokenizer.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	line := "The quick brown fox jumps over the lazy dog, again and again.\n"
-	for name, text := range map[string]string{
-		"lines.txt": strings.Repeat(line, (32<<20)/len(line)),                        // no blank line
-		"one.txt":   strings.Repeat(strings.TrimSpace(line)+" ", (32<<20)/len(line)), // no line break
-	} {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		c, err := ReadCorpus([]string{path}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		w, err := c.NewWindows(tok, 4096, -1, 512, 2044)
-		runtime.ReadMemStats(&after)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if w.Tokens() != 2044 {
-			t.Fatalf("%s: %d tokens", name, w.Tokens())
-		}
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 24<<20 {
-			t.Fatalf("%s: 2,044 tokens of a 32 MB file allocated %d MB", name, alloc>>20)
-		}
 	}
 }

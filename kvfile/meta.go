@@ -22,20 +22,25 @@ const HookVersion = 2
 
 // Metadata is a model's kvtorch.json (docs/model-contract.md).
 type Metadata struct {
-	FormatVersion int    `json:"format_version"`
-	Name          string `json:"name"`
-	Architecture  string `json:"architecture"`
-	NLayers       int    `json:"n_layers"`
-	NHeads        int    `json:"n_heads"`
-	NKVHeads      int    `json:"n_kv_heads"`
-	HeadDimK      int    `json:"head_dim_k"`
-	HeadDimV      int    `json:"head_dim_v"`
-	VocabSize     int    `json:"vocab_size"`
-	MaxPositions  int    `json:"max_positions"`
-	DType         string `json:"dtype"`
-	Device        string `json:"device"`
-	KVSource      string `json:"kv_source"`
-	Hook          struct {
+	FormatVersion int `json:"format_version"`
+	// Methods are the contract's methods besides forward that the file has:
+	// "body" (the decoder without the LM head: hidden states, keys, values)
+	// and "head" (the LM head on hidden states). Files exported before them
+	// have none and run the full forward.
+	Methods      []string `json:"methods"`
+	Name         string   `json:"name"`
+	Architecture string   `json:"architecture"`
+	NLayers      int      `json:"n_layers"`
+	NHeads       int      `json:"n_heads"`
+	NKVHeads     int      `json:"n_kv_heads"`
+	HeadDimK     int      `json:"head_dim_k"`
+	HeadDimV     int      `json:"head_dim_v"`
+	VocabSize    int      `json:"vocab_size"`
+	MaxPositions int      `json:"max_positions"`
+	DType        string   `json:"dtype"`
+	Device       string   `json:"device"`
+	KVSource     string   `json:"kv_source"`
+	Hook         struct {
 		K string `json:"k"`
 		V string `json:"v"`
 	} `json:"hook"`

@@ -11,9 +11,11 @@ import (
 	"github.com/kvtorch/kvtorch/internal/regfile"
 )
 
-// PresetVersion is the preset schema this kvtorch writes (docs/preset-format.md);
-// version 1 presets (bases per head, no sinks) are still read.
-const PresetVersion = 2
+// PresetVersion is the preset schema this kvtorch writes (docs/preset-format.md):
+// 3 adds the measurements of every kind of held-out text tune kept the
+// budget on (kinds), intervals of the deltas and a warning; versions 1
+// (bases per head, no sinks) and 2 are still read.
+const PresetVersion = 3
 
 // maxPresetBytes bounds what LoadPreset reads: a preset of a 1,000-layer
 // model is well under 1 MB.
@@ -39,14 +41,22 @@ type EvalInfo struct {
 	SHA256 string     `json:"sha256"`
 	SeqLen int        `json:"seq_len"`
 	Tokens int        `json:"tokens"`
+	// Documents are the documents the windows were cut from ("path", or
+	// "path:line" of a JSONL file).
+	Documents []string `json:"documents,omitempty"`
 }
 
-// Measurement is the preset measured on more held-out text (tune --check-texts).
+// Measurement is the preset measured on held-out text of one kind (each
+// kind tune kept the budget on, or text of another kind: --check-texts).
 type Measurement struct {
 	EvalInfo
 	BaselinePPL   float64 `json:"baseline_ppl"`
 	CompressedPPL float64 `json:"compressed_ppl"`
 	PPLDelta      float64 `json:"ppl_delta"`
+	// Low and High are a 90% interval of PPLDelta (a block bootstrap over
+	// the tokens).
+	Low  float64 `json:"ppl_delta_low"`
+	High float64 `json:"ppl_delta_high"`
 }
 
 // SearchInfo records how tune found a preset.
@@ -90,8 +100,14 @@ type Preset struct {
 	PPLDelta          float64       `json:"ppl_delta"`
 	TargetPPLDelta    *float64      `json:"target_ppl_delta,omitempty"`
 	Eval              EvalInfo      `json:"eval"`
-	Checks            []Measurement `json:"checks,omitempty"`
-	Search            *SearchInfo   `json:"search,omitempty"`
+	// Kinds are the kinds of held-out text the budget was kept on, each
+	// measured (the first is Eval's); PPLDelta is the first kind's.
+	Kinds  []Measurement `json:"kinds,omitempty"`
+	Checks []Measurement `json:"checks,omitempty"`
+	// Warning says what the measurements cannot vouch for (an interval
+	// much wider than the budget).
+	Warning string      `json:"warning,omitempty"`
+	Search  *SearchInfo `json:"search,omitempty"`
 }
 
 // PresetSource is what a preset records of the model and calibration.
@@ -251,8 +267,8 @@ func (p *Preset) check() error {
 	switch {
 	case p.Format != "kvtorch-preset":
 		return fmt.Errorf("format %q, want kvtorch-preset", p.Format)
-	case p.Version != 1 && p.Version != PresetVersion:
-		return fmt.Errorf("version %d (this kvtorch reads 1 and %d)", p.Version, PresetVersion)
+	case p.Version < 1 || p.Version > PresetVersion:
+		return fmt.Errorf("version %d (this kvtorch reads 1 to %d)", p.Version, PresetVersion)
 	case p.ModelSHA256 == "" || p.CalibrationSHA256 == "":
 		return fmt.Errorf("no model_sha256 or calibration_sha256")
 	case p.NumLayers <= 0 || p.NumLayers > maxDim || len(p.Layers) != p.NumLayers:

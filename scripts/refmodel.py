@@ -124,6 +124,11 @@ class RefModel(nn.Module):
         self.register_buffer("rope_sin", ang.sin(), persistent=False)
 
     def forward(self, input_ids):
+        hidden, keys, values = self.body(input_ids)
+        return self.head(hidden), keys, values
+
+    def body(self, input_ids):
+        """The model without its output layer: (hidden [B, T, d_model], keys, values)."""
         t = input_ids.shape[1]
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         x = self.embed(input_ids)
@@ -132,8 +137,15 @@ class RefModel(nn.Module):
             x, k, v = blk(x, cos, sin)
             keys.append(k)
             values.append(v)
-        logits = F.linear(self.norm(x), self.embed.weight)  # tied embeddings
-        return logits, tuple(keys), tuple(values)
+        return self.norm(x), tuple(keys), tuple(values)
+
+    def kv(self, input_ids):
+        """Keys and values alone (what calibration takes)."""
+        _, keys, values = self.body(input_ids)
+        return keys, values
+
+    def head(self, hidden):
+        return F.linear(hidden, self.embed.weight)  # tied embeddings
 
 
 # ---------------------------------------------------------------- data
@@ -310,6 +322,7 @@ def load_model(data_dir):
 def metadata(c: Config, device: str):
     return {
         "format_version": FORMAT_VERSION,
+        "methods": ["kv", "body", "head"],
         "name": "kvtorch-refmodel",
         "architecture": "kvtorch-ref",
         "n_layers": c.n_layers,
@@ -335,7 +348,9 @@ def cmd_export(args):
     model = model.to(args.device)
     example = torch.randint(0, c.vocab_size, (2, 16), device=args.device)
     with torch.no_grad():
-        traced = torch.jit.trace(model, (example,), check_trace=False)
+        hidden = model.body(example)[0]
+        traced = torch.jit.trace_module(model, {"forward": (example,), "kv": (example,), "body": (example,),
+                                                "head": (hidden,)}, check_trace=False)
     with open(os.path.join(args.data, "refmodel.tokenizer.json")) as f:
         tokenizer = f.read()
     extra = {"kvtorch.json": json.dumps(metadata(c, args.device), indent=2), "tokenizer.json": tokenizer}

@@ -72,6 +72,11 @@ func (m *Module) handle() (*C.kvt_module, error) {
 // Go value tree (see Value); the caller closes its tensors, e.g. with
 // CloseValue.
 func (m *Module) Forward(inputs ...*Tensor) (Value, error) {
+	return m.Run("forward", inputs...)
+}
+
+// Run runs the module's method name on the inputs, as Forward runs forward.
+func (m *Module) Run(name string, inputs ...*Tensor) (Value, error) {
 	c, err := m.handle()
 	if err != nil {
 		return nil, err
@@ -81,19 +86,37 @@ func (m *Module) Forward(inputs ...*Tensor) (Value, error) {
 	for i, t := range inputs {
 		h, err := t.handle()
 		if err != nil {
-			return nil, fmt.Errorf("torch: forward input %d: %w", i, err)
+			return nil, fmt.Errorf("torch: %s input %d: %w", name, i, err)
 		}
 		cin[i] = h
 	}
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
 	var out *C.kvt_value
-	e := C.kvt_module_forward(c, &cin[0], C.int(len(inputs)), cbool(m.optimize.Load()), &out)
+	e := C.kvt_module_run_method(c, cname, &cin[0], C.int(len(inputs)), cbool(m.optimize.Load()), &out)
 	runtime.KeepAlive(inputs)
 	runtime.KeepAlive(m)
-	if err := takeErr("forward", e); err != nil {
+	if err := takeErr(name, e); err != nil {
 		return nil, err
 	}
 	defer C.kvt_value_free(out)
 	return convertValue(out)
+}
+
+// Methods lists the module's own methods (forward and any other exported
+// with it).
+func (m *Module) Methods() ([]string, error) {
+	c, err := m.handle()
+	if err != nil {
+		return nil, err
+	}
+	var names *C.char
+	e := C.kvt_module_method_names(c, &names)
+	runtime.KeepAlive(m)
+	if err := takeErr("method names", e); err != nil {
+		return nil, err
+	}
+	return splitLines(takeString(names)), nil
 }
 
 // BufferNames lists the module's buffers, recursively, with dotted names

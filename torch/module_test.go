@@ -22,6 +22,7 @@ type fixtureExpected struct {
 	InputShape    []int64           `json:"input_shape"`
 	Outputs       []fixtureTensor   `json:"outputs"`
 	OutputsScale2 []fixtureTensor   `json:"outputs_scale2"`
+	Body          []fixtureTensor   `json:"body"`
 	ExtraFiles    map[string]string `json:"extra_files"`
 	Buffers       []string          `json:"buffers"`
 }
@@ -199,5 +200,25 @@ func TestModuleErrors(t *testing.T) {
 	m.Close()
 	if _, err := m.Forward(ids3); err == nil {
 		t.Fatal("forward after Close: got nil error")
+	}
+}
+
+// TestRunMethod: a method other than forward runs by name, and the module
+// lists its methods; an unknown method is an error naming it.
+func TestRunMethod(t *testing.T) {
+	path, exp := buildFixture(t)
+	m := must(Load(path, CPU))
+	defer m.Close()
+	names := must(m.Methods())
+	if !slices.Contains(names, "forward") || !slices.Contains(names, "body") {
+		t.Fatalf("methods %v", names)
+	}
+	ids := must(FromSlice(exp.Input, exp.InputShape...))
+	defer ids.Close()
+	out := must(m.Run("body", ids))
+	defer CloseValue(out)
+	compareOutputs(t, "body", out, exp.Body)
+	if _, err := m.Run("nothing", ids); err == nil || !strings.Contains(err.Error(), "no method nothing") {
+		t.Fatalf("unknown method: %v", err)
 	}
 }

@@ -57,18 +57,20 @@ func Randn(DType, Device, ...int64) (*Tensor, error)              { return nil, 
 func Eigh(*Tensor) (eigenvalues, eigenvectors *Tensor, err error) { return nil, nil, ErrNoLibtorch }
 func SVD(*Tensor) (u, s, vh *Tensor, err error)                   { return nil, nil, nil, ErrNoLibtorch }
 
-func Load(string, Device) (*Module, error)          { return nil, ErrNoLibtorch }
-func (m *Module) Close() error                      { return nil }
-func (m *Module) SetOptimize(bool)                  {}
-func (m *Module) Path() string                      { return "" }
-func (m *Module) Device() Device                    { return CPU }
-func (m *Module) Forward(...*Tensor) (Value, error) { return nil, ErrNoLibtorch }
-func (m *Module) BufferNames() ([]string, error)    { return nil, ErrNoLibtorch }
-func (m *Module) Buffer(string) (*Tensor, error)    { return nil, ErrNoLibtorch }
-func (m *Module) SetBuffer(string, *Tensor) error   { return ErrNoLibtorch }
-func (m *Module) ExtraFile(string) ([]byte, error)  { return nil, ErrNoLibtorch }
-func ExtraFileNames(string) ([]string, error)       { return nil, ErrNoLibtorch }
-func ExtraFile(string, string) ([]byte, error)      { return nil, ErrNoLibtorch }
+func Load(string, Device) (*Module, error)              { return nil, ErrNoLibtorch }
+func (m *Module) Close() error                          { return nil }
+func (m *Module) SetOptimize(bool)                      {}
+func (m *Module) Path() string                          { return "" }
+func (m *Module) Device() Device                        { return CPU }
+func (m *Module) Forward(...*Tensor) (Value, error)     { return nil, ErrNoLibtorch }
+func (m *Module) Run(string, ...*Tensor) (Value, error) { return nil, ErrNoLibtorch }
+func (m *Module) Methods() ([]string, error)            { return nil, ErrNoLibtorch }
+func (m *Module) BufferNames() ([]string, error)        { return nil, ErrNoLibtorch }
+func (m *Module) Buffer(string) (*Tensor, error)        { return nil, ErrNoLibtorch }
+func (m *Module) SetBuffer(string, *Tensor) error       { return ErrNoLibtorch }
+func (m *Module) ExtraFile(string) ([]byte, error)      { return nil, ErrNoLibtorch }
+func ExtraFileNames(string) ([]string, error)           { return nil, ErrNoLibtorch }
+func ExtraFile(string, string) ([]byte, error)          { return nil, ErrNoLibtorch }
 
 func (d Device) Check() error       { return ErrNoLibtorch }
 func (d Device) Synchronize() error { return ErrNoLibtorch }

@@ -19,9 +19,12 @@
 //     to the quantization probe. Each side picks the (rank, bits) that
 //     minimise bytes + λ · Δ; λ is set so that the predicted total meets the
 //     budget.
-//  3. Full measurements of the allocation, rescaling the prediction by what
-//     was measured (a secant on the model's scale), keeping the most
-//     compressing setting measured within budget.
+//  3. Full measurements of the allocation. The predicted delta aimed at is
+//     rescaled by what was measured until one measurement is within budget
+//     and one over it; from then on it is bracketed between the two and
+//     interpolated on their measured deltas, so that the search converges
+//     on the budget instead of alternating around it. The most compressing
+//     setting measured within budget is kept.
 //
 // Uniform is the old Python tool's search, for comparison: one rank for
 // every layer over its fixed grid.
@@ -37,11 +40,17 @@ import (
 	"github.com/kvtorch/kvtorch/kvfile"
 )
 
-// Evaluator measures the perplexity delta (perplexity / baseline − 1) of
-// settings.
+// Measured is a full measurement of a setting: its perplexity delta
+// (perplexity / baseline − 1; with several kinds of held-out text, the
+// largest of their deltas) and a 90% interval of it.
+type Measured struct {
+	Delta, Low, High float64
+}
+
+// Evaluator measures the perplexity delta of settings.
 type Evaluator interface {
 	// Measure evaluates s on the whole held-out text.
-	Measure(ctx context.Context, s compress.Setting, label string) (float64, error)
+	Measure(ctx context.Context, s compress.Setting, label string) (Measured, error)
 	// Probe evaluates s on a small sample of it: cheap, and only a proxy.
 	Probe(ctx context.Context, s compress.Setting, label string) (float64, error)
 }
@@ -82,7 +91,7 @@ type Options struct {
 	Geometry compress.Geometry
 	Spectra  Spectra
 	Target   compress.Target
-	Bits     []int          // latent precisions allowed (16, 8, 4)
+	Bits     []int          // latent precisions allowed (16, 8, 4; default 16)
 	Basis    compress.Basis // the bases used (Joint unless asked otherwise)
 	Budget   float64        // the perplexity delta allowed (0.05: +5%)
 	Sinks    int            // tokens kept uncompressed
@@ -91,14 +100,56 @@ type Options struct {
 	MaxEvaluations int
 }
 
+// DefaultMaxEvaluations bounds the full measurements of a search unless
+// Options say otherwise.
+const DefaultMaxEvaluations = 12
+
+// Defaults fills the options' zero values with their defaults.
+func (o *Options) Defaults() {
+	if o.Basis == "" {
+		o.Basis = compress.Joint
+	}
+	if len(o.Bits) == 0 {
+		o.Bits = []int{16}
+	}
+	if o.MaxEvaluations <= 0 {
+		o.MaxEvaluations = DefaultMaxEvaluations
+	}
+	if o.Context <= 0 {
+		o.Context = compress.DefaultContext
+	}
+}
+
+// Steps is how many measurements Search makes at most with these options
+// (probes and full measurements), Uniform's when uniform: for progress.
+func (o Options) Steps(uniform bool) int {
+	o.Defaults()
+	if uniform {
+		return len(o.Bits) * len(oldToolGrid)
+	}
+	probes := 0
+	for _, on := range o.Target {
+		if on {
+			probes += o.Geometry.Layers
+		}
+	}
+	for _, b := range o.Bits {
+		if b < 16 {
+			probes++
+		}
+	}
+	return probes + o.MaxEvaluations
+}
+
 // Candidate is a measured setting.
 type Candidate struct {
-	Label   string
-	Setting compress.Setting
-	Delta   float64 // measured perplexity / baseline − 1
-	Ratio   float64 // compression of the whole cache at the context length
-	Within  bool    // Delta ≤ the budget (for full measurements)
-	Proxy   bool    // measured on the small sample only
+	Label     string
+	Setting   compress.Setting
+	Delta     float64 // measured perplexity / baseline − 1
+	Low, High float64 // its 90% interval (full measurements)
+	Ratio     float64 // compression of the whole cache at the context length
+	Within    bool    // Delta ≤ the budget (for full measurements)
+	Proxy     bool    // measured on the small sample only
 }
 
 // Result is a search's outcome.
@@ -112,166 +163,219 @@ type side struct {
 	k compress.Kind
 }
 
+// search is one run of Search: its options, evaluator and what it measured.
+type search struct {
+	ctx   context.Context
+	ev    Evaluator
+	o     Options
+	sides []side
+	base  compress.Setting
+	res   Result
+}
+
+func (s *search) probe(label string, st compress.Setting) (float64, error) {
+	d, err := s.ev.Probe(s.ctx, st, label)
+	if err == nil {
+		s.res.Candidates = append(s.res.Candidates, Candidate{Label: label, Setting: st, Delta: d,
+			Ratio: st.Ratio(s.o.Geometry, s.o.Context), Proxy: true})
+	}
+	return d, err
+}
+
+func (s *search) measure(label string, st compress.Setting) (Candidate, error) {
+	m, err := s.ev.Measure(s.ctx, st, label)
+	if err != nil {
+		return Candidate{}, err
+	}
+	c := Candidate{Label: label, Setting: st, Delta: m.Delta, Low: m.Low, High: m.High,
+		Ratio: st.Ratio(s.o.Geometry, s.o.Context), Within: m.Delta <= s.o.Budget}
+	s.res.Candidates = append(s.res.Candidates, c)
+	if c.Within && c.Ratio > s.res.Best.Ratio {
+		s.res.Best = c
+	}
+	return c, nil
+}
+
 // Search finds per-layer ranks and bits for the target sides that compress
-// most within the budget (see the package comment).
+// most within the budget (see the package comment): probes, a cost model
+// fitted to them, and the allocation the model predicts, measured in full
+// and bracketed until it meets the budget.
 func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
-	if o.Basis == "" {
-		o.Basis = compress.Joint
-	}
-	if o.MaxEvaluations <= 0 {
-		o.MaxEvaluations = 12
-	}
-	if o.Context <= 0 {
-		o.Context = compress.DefaultContext
-	}
-	if o.Budget <= 0 {
+	o.Defaults()
+	if !(o.Budget > 0) {
 		return Result{}, fmt.Errorf("tune: budget %v must be positive", o.Budget)
 	}
-	g := o.Geometry
-	var res Result
-	res.Best = Candidate{Label: "uncompressed", Setting: compress.Uncompressed(g), Ratio: 1, Within: true}
-	res.Best.Setting.Sinks = o.Sinks
-	var sides []side
-	for l := 0; l < g.Layers; l++ {
+	s := &search{ctx: ctx, ev: ev, o: o, base: compress.Uncompressed(o.Geometry)}
+	s.base.Sinks = o.Sinks
+	s.res.Best = Candidate{Label: "uncompressed", Setting: s.base.Clone(), Ratio: 1, Within: true}
+	for l := 0; l < o.Geometry.Layers; l++ {
 		for _, k := range compress.Kinds {
 			if o.Target[k] {
-				sides = append(sides, side{l, k})
+				s.sides = append(s.sides, side{l, k})
 			}
 		}
 	}
-	if len(sides) == 0 {
-		return res, nil
+	if len(s.sides) == 0 {
+		return s.res, nil
 	}
-	probe := func(label string, s compress.Setting) (float64, error) {
-		d, err := ev.Probe(ctx, s, label)
-		if err == nil {
-			res.Candidates = append(res.Candidates, Candidate{Label: label, Setting: s, Delta: d, Ratio: s.Ratio(g, o.Context), Proxy: true})
-		}
-		return d, err
+	m, err := s.probes()
+	if err != nil {
+		return s.res, err
 	}
-	measure := func(label string, s compress.Setting) (Candidate, error) {
-		d, err := ev.Measure(ctx, s, label)
-		if err != nil {
-			return Candidate{}, err
-		}
-		c := Candidate{Label: label, Setting: s, Delta: d, Ratio: s.Ratio(g, o.Context), Within: d <= o.Budget}
-		res.Candidates = append(res.Candidates, c)
-		if c.Within && c.Ratio > res.Best.Ratio {
-			res.Best = c
-		}
-		return c, nil
-	}
-	base := compress.Uncompressed(g)
-	base.Sinks = o.Sinks
+	err = s.allocate(m)
+	return s.res, err
+}
 
-	// 1. Probes.
-	sens := map[side]float64{}
+// costModel is what the probes say: each side's sensitivity and the share
+// of variance b-bit latents lose.
+type costModel struct {
+	sens  map[side]float64
+	quant map[int]float64
+}
+
+// probes is step 1 and 2: each target side alone at the rank keeping 90% of
+// its variance, and all target sides at full rank with each precision below
+// 16 bits; the cost model fitted to them.
+func (s *search) probes() (costModel, error) {
+	o, g := s.o, s.o.Geometry
+	m := costModel{sens: map[side]float64{}, quant: map[int]float64{16: 0}}
 	var all []float64
-	for _, sd := range sides {
+	for _, sd := range s.sides {
 		top := g.MaxRank(sd.k, o.Basis)
 		r := rankFor(o.Spectra, sd, o.Basis, top, 0.9)
-		s := base.Clone()
-		s.Layers[sd.l][sd.k] = compress.Side{Basis: o.Basis, Rank: r, Bits: 16}
-		d, err := probe(fmt.Sprintf("probe: layer %d %s alone at rank %d of %d", sd.l, sd.k, r, top), s)
+		st := s.base.Clone()
+		st.Layers[sd.l][sd.k] = compress.Side{Basis: o.Basis, Rank: r, Bits: 16}
+		d, err := s.probe(fmt.Sprintf("probe: layer %d %s alone at rank %d of %d", sd.l, sd.k, r, top), st)
 		if err != nil {
-			return res, err
+			return m, err
 		}
 		lost := 1 - o.Spectra(sd.l, sd.k, o.Basis, r)
-		sens[sd] = math.Max(d, 0) / cost(math.Max(lost, 1e-6))
-		all = append(all, sens[sd])
+		m.sens[sd] = math.Max(d, 0) / cost(math.Max(lost, 1e-6))
+		all = append(all, m.sens[sd])
 	}
 	sort.Float64s(all)
 	floor := all[len(all)/2] / 20
 	totalSens := 0.0
-	for sd := range sens {
-		sens[sd] = math.Max(sens[sd], floor)
-		totalSens += sens[sd]
+	for _, sd := range s.sides {
+		m.sens[sd] = math.Max(m.sens[sd], floor)
+		totalSens += m.sens[sd]
 	}
-	quant := map[int]float64{16: 0}
 	for _, b := range o.Bits {
 		if b == 16 {
 			continue
 		}
-		s := base.Clone()
-		for _, sd := range sides {
-			s.Layers[sd.l][sd.k] = compress.Side{Basis: o.Basis, Rank: g.MaxRank(sd.k, o.Basis), Bits: b}
+		st := s.base.Clone()
+		for _, sd := range s.sides {
+			st.Layers[sd.l][sd.k] = compress.Side{Basis: o.Basis, Rank: g.MaxRank(sd.k, o.Basis), Bits: b}
 		}
-		d, err := probe(fmt.Sprintf("probe: all target sides at full rank, %d-bit", b), s)
+		d, err := s.probe(fmt.Sprintf("probe: all target sides at full rank, %d-bit", b), st)
 		if err != nil {
-			return res, err
+			return m, err
 		}
 		// Σ sens · cost(q_b) = d: the share of variance b-bit latents lose.
-		quant[b] = math.Pow(math.Max(d, 0)/totalSens, 1/gamma)
+		m.quant[b] = math.Pow(math.Max(d, 0)/totalSens, 1/gamma)
 	}
+	return m, nil
+}
 
-	// 2. The allocation at a price λ, and its predicted delta.
-	bits := append([]int(nil), o.Bits...)
-	if len(bits) == 0 {
-		bits = []int{16}
-	}
-	pick := func(lambda float64) (compress.Setting, float64) {
-		s := base.Clone()
-		predicted := 0.0
-		for _, sd := range sides {
-			top := g.MaxRank(sd.k, o.Basis)
-			full := compress.Full(g, sd.k)
-			best, bestCost, bestDelta := full, float64(full.Bytes(g, sd.k)), 0.0
-			for _, b := range bits {
-				for r := 1; r <= top; r++ {
-					c := compress.Side{Basis: o.Basis, Rank: r, Bits: b}
-					if !c.Compresses(g, sd.k) {
-						continue
-					}
-					e := o.Spectra(sd.l, sd.k, o.Basis, r)
-					delta := sens[sd] * cost(1-e+quant[b]*e)
-					if total := float64(c.Bytes(g, sd.k)) + lambda*delta; total < bestCost {
-						best, bestCost, bestDelta = c, total, delta
-					}
+// pick is the allocation at price λ (smaller compresses more) and its
+// predicted delta: each side the (rank, bits) minimising bytes + λ · Δ.
+func (s *search) pick(m costModel, lambda float64) (compress.Setting, float64) {
+	o, g := s.o, s.o.Geometry
+	st := s.base.Clone()
+	predicted := 0.0
+	for _, sd := range s.sides {
+		top := g.MaxRank(sd.k, o.Basis)
+		full := compress.Full(g, sd.k)
+		best, bestCost, bestDelta := full, float64(full.Bytes(g, sd.k)), 0.0
+		for _, b := range o.Bits {
+			for r := 1; r <= top; r++ {
+				c := compress.Side{Basis: o.Basis, Rank: r, Bits: b}
+				if !c.Compresses(g, sd.k) {
+					continue
+				}
+				e := o.Spectra(sd.l, sd.k, o.Basis, r)
+				delta := m.sens[sd] * cost(1-e+m.quant[b]*e)
+				if total := float64(c.Bytes(g, sd.k)) + lambda*delta; total < bestCost {
+					best, bestCost, bestDelta = c, total, delta
 				}
 			}
-			s.Layers[sd.l][sd.k] = best
-			predicted += bestDelta
 		}
-		return s, predicted
+		st.Layers[sd.l][sd.k] = best
+		predicted += bestDelta
 	}
-	// priceFor finds the price whose predicted delta is the goal.
-	priceFor := func(goal float64) float64 {
-		lo, hi := 1e-6, 1e15 // λ: smaller compresses more
-		for i := 0; i < 100; i++ {
-			mid := math.Sqrt(lo * hi)
-			if _, p := pick(mid); p > goal {
-				lo = mid
-			} else {
-				hi = mid
-			}
-		}
-		return hi
-	}
+	return st, predicted
+}
 
-	// 3. Measure, rescale the prediction by what was measured, measure again.
+// allocationFor is the allocation whose predicted delta is goal.
+func (s *search) allocationFor(m costModel, goal float64) (compress.Setting, float64) {
+	lo, hi := 1e-6, 1e15 // λ
+	for i := 0; i < 100; i++ {
+		mid := math.Sqrt(lo * hi)
+		if _, p := s.pick(m, mid); p > goal {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return s.pick(m, hi)
+}
+
+// allocate is step 3: the allocation predicted to meet the budget, measured
+// in full; then the predicted delta aimed at (the goal) is bracketed
+// between the largest goal measured within budget and the smallest measured
+// over it, the next goal interpolated between them on the measured deltas
+// (geometrically), until a measurement lands within budget and close to it,
+// the bracket closes, or the measurements run out. Before a bracket exists
+// the goal is rescaled by what was measured.
+func (s *search) allocate(m costModel) error {
+	o := s.o
+	type point struct{ goal, delta float64 }
+	var within, over *point // the bracket
 	goal := o.Budget
 	seen := map[string]bool{}
 	for i := 0; i < o.MaxEvaluations; i++ {
-		s, predicted := pick(priceFor(goal))
-		if seen[s.Key()] {
+		st, predicted := s.allocationFor(m, goal)
+		if seen[st.Key()] {
 			break // the model's answer no longer changes
 		}
-		seen[s.Key()] = true
-		c, err := measure(fmt.Sprintf("allocation %d: predicted %+.2f%%", i+1, 100*predicted), s)
+		seen[st.Key()] = true
+		c, err := s.measure(fmt.Sprintf("allocation %d: predicted %+.2f%%", i+1, 100*predicted), st)
 		if err != nil {
-			return res, err
+			return err
 		}
-		if c.Within && c.Delta >= 0.9*o.Budget {
-			break // close enough to the budget: more steps would gain little
+		p := point{goal, c.Delta}
+		if c.Within {
+			if c.Delta >= 0.9*o.Budget {
+				break // close enough to the budget: more steps would gain little
+			}
+			if within == nil || goal > within.goal {
+				within = &p
+			}
+		} else if over == nil || goal < over.goal {
+			over = &p
 		}
-		scale := math.Max(c.Delta, 1e-4) / math.Max(predicted, 1e-6) // measured per predicted
-		next := o.Budget / scale
-		if !c.Within {
-			next *= 0.95 // aim a little inside the budget after overshooting
+		switch {
+		case within != nil && over != nil:
+			if over.goal/within.goal < 1.02 {
+				return nil // the bracket is closed
+			}
+			// Interpolate log(goal) on the measured deltas toward 0.95 of
+			// the budget, kept inside the bracket.
+			aim := 0.95 * o.Budget
+			f := (aim - within.delta) / math.Max(over.delta-within.delta, 1e-9)
+			f = math.Min(math.Max(f, 0.15), 0.85)
+			goal = within.goal * math.Pow(over.goal/within.goal, f)
+		default:
+			scale := math.Max(c.Delta, 1e-4) / math.Max(predicted, 1e-6) // measured per predicted
+			next := o.Budget / scale
+			if !c.Within {
+				next *= 0.95 // aim a little inside the budget after overshooting
+			}
+			goal = math.Min(math.Max(next, goal/4), goal*4)
 		}
-		goal = math.Min(math.Max(next, goal/4), goal*4)
 	}
-	return res, nil
+	return nil
 }
 
 // gamma is the exponent of the cost model: a side's damage grows as the
@@ -315,11 +419,12 @@ func Uniform(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 			}
 			s := compress.Uniform(g, o.Target, compress.Side{Basis: compress.PerHead, Rank: r, Bits: b}, o.Sinks)
 			label := fmt.Sprintf("uniform rank %d, %d-bit", r, b)
-			delta, err := ev.Measure(ctx, s, label)
+			m, err := ev.Measure(ctx, s, label)
 			if err != nil {
 				return res, err
 			}
-			c := Candidate{Label: label, Setting: s, Delta: delta, Ratio: s.Ratio(g, o.Context), Within: delta <= o.Budget}
+			c := Candidate{Label: label, Setting: s, Delta: m.Delta, Low: m.Low, High: m.High, Ratio: s.Ratio(g, o.Context),
+				Within: m.Delta <= o.Budget}
 			res.Candidates = append(res.Candidates, c)
 			if c.Within && c.Ratio > res.Best.Ratio {
 				res.Best = c

@@ -33,6 +33,7 @@ import (
 	"github.com/kvtorch/kvtorch/calibration"
 	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 )
 
@@ -303,12 +304,12 @@ func statsOverhead() error {
 		return err
 	}
 	defer m.Close()
-	texts, err := kvfile.ReadCorpus([]string{*calibDir}, nil)
+	corpus, err := texts.ReadCorpus([]string{*calibDir}, nil)
 	if err != nil {
 		return err
 	}
-	seqs, _, err := texts.Encode(m.Tokenizer, m.Meta.VocabSize, texts.Docs[:min(len(texts.Docs), *baseFiles)],
-		kvfile.EncodeOptions{MaxLength: 512, MinTokens: 32})
+	seqs, _, err := corpus.Sequences(m.Tokenizer, m.Meta.VocabSize, corpus.Docs[:min(len(corpus.Docs), *baseFiles)],
+		texts.SequenceOptions{MaxLength: 512, MinTokens: 32, BOS: m.BOS()})
 	if err != nil {
 		return err
 	}

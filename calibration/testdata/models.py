@@ -3,7 +3,9 @@ contract, the same with the format-1 compression hook (as models exported
 before hook format 2 have), and variants that break it in one way each.
 
 Usage: python models.py OUT_DIR
-Writes OUT_DIR/{good,good_v1,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers}.pt
+Writes OUT_DIR/{good,good_forward,good_v1,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers,
+missing_method}.pt: good has the body and head methods, good_forward (the same weights) only forward, as
+files exported before them.
 """
 import json
 import os
@@ -78,10 +80,17 @@ def main(out):
     torch.manual_seed(0)
     c = refmodel.Config(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=64, max_positions=128)
     model = refmodel.RefModel(c).eval()
-    meta = refmodel.metadata(c, "cpu")
-    meta["name"] = "tiny"
+    split = refmodel.metadata(c, "cpu")
+    split["name"] = "tiny"
+    meta = {k: v for k, v in split.items() if k != "methods"}  # forward only
     example = torch.randint(0, vocab, (2, 8))
-    for name, mode, md in [("good", None, meta), ("no_meta", None, None), ("wrong_arity", "wrong_arity", meta),
+    with torch.no_grad():
+        hidden = model.body(example)[0]
+        traced = torch.jit.trace_module(model, {"forward": (example,), "kv": (example,), "body": (example,),
+                                                "head": (hidden,)}, check_trace=False)
+    torch.jit.save(traced, os.path.join(out, "good.pt"), _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(split)})
+    for name, mode, md in [("good_forward", None, meta), ("missing_method", None, split), ("no_meta", None, None),
+                           ("wrong_arity", "wrong_arity", meta),
                            ("wrong_kshape", "wrong_kshape", meta), ("short_layers", "short_layers", meta),
                            ("nan", "nan", meta),
                            ("missing_hook", None, dict(meta, hook={"k": "blocks.{layer}.attn.q_hook", "v": meta["hook"]["v"]}))]:
@@ -102,6 +111,7 @@ def main(out):
         traced = torch.jit.trace(model, (example,), check_trace=False)
     torch.jit.save(traced, os.path.join(out, "good_v1.pt"),
                    _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=1))})
+
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ func calibrateAction(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
+	if !m.Bare && !c.Bool("quiet") {
+		fmt.Fprintf(c.App.ErrWriter, "kvtorch: note: %s was exported without the kv method: calibration runs the full forward, LM head included (export it again with this kvtorch to calibrate faster)\n", m.Path)
+	}
 	prog := newProgress(c.App.ErrWriter, c.Bool("quiet"), 0)
 	res, err := kvtorch.Calibrate(c.Context, m, corpus, kvtorch.CalibrateOptions{
 		MaxLength: c.Int("seq-len"), BatchSize: c.Int("batch-size"), NumSamples: c.Int("num-samples"), Seed: c.Uint64("seed"),

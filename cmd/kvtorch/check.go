@@ -72,7 +72,7 @@ func checkAction(c *cli.Context) error {
 			return fmt.Errorf("preset %s: %w", presetPath, err)
 		}
 	}
-	a := sessionArgs{model: c.String("model"), calibration: c.String("calibration"), texts: c.StringSlice("texts"),
+	a := sessionArgs{model: c.String("model"), calibration: c.String("calibration"),
 		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
 			Context: p.ContextLength},
 		budget: budget, quiet: c.Bool("quiet") || c.Bool("json")}
@@ -82,16 +82,29 @@ func checkAction(c *cli.Context) error {
 	if a.calibration == "" {
 		a.calibration = resolveNear(p.CalibrationFile, presetPath)
 	}
-	if len(a.texts) == 0 {
-		for _, t := range p.Eval.Texts {
-			a.texts = append(a.texts, resolveNear(t.Path, presetPath))
+	if ts := c.StringSlice("texts"); len(ts) > 0 {
+		a.kinds = [][]string{ts}
+	} else { // each kind the preset was tuned on (its eval texts, for presets before kinds)
+		kinds := p.Kinds
+		if len(kinds) == 0 {
+			kinds = []kvfile.Measurement{{EvalInfo: p.Eval}}
+		}
+		for _, k := range kinds {
+			var paths []string
+			for _, t := range k.Texts {
+				paths = append(paths, resolveNear(t.Path, presetPath))
+			}
+			a.kinds = append(a.kinds, paths)
 		}
 	}
 	if a.opts.SeqLen == 0 {
 		a.opts.SeqLen = p.Eval.SeqLen
 	}
-	if !c.IsSet("max-tokens") {
+	if !c.IsSet("max-tokens") { // as many as the preset was measured on, per kind
 		a.opts.MaxTokens = p.Eval.Tokens
+		for _, k := range p.Kinds {
+			a.opts.MaxTokens = max(a.opts.MaxTokens, k.Tokens)
+		}
 	}
 	a.preset = p
 	report := map[string]any{"preset": presetPath, "max_ppl_delta": budget}

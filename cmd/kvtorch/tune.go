@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/tune"
 	"github.com/urfave/cli/v2"
 )
@@ -17,16 +19,21 @@ var tuneCommand = &cli.Command{
 	Name:  "tune",
 	Usage: "find per-layer ranks and latent bits that compress most within a perplexity budget",
 	UsageText: "kvtorch tune --calibration calib.pt --texts heldout/ --bits 16,8,4 --max-tokens 4096 --output preset.json\n" +
+		"kvtorch tune ... --texts code/ --texts prose/ --texts german/   # the budget holds on each kind\n" +
 		"kvtorch tune ... --check-texts other-kind/     # also measure the chosen preset on another kind of text\n" +
 		"kvtorch tune ... --uniform                     # the old tool's search, for comparison",
-	Description: "Uses one calibration and measures perplexity on held-out text (never the calibration text).\n" +
-		"First cheap probes on a small sample of it (each layer's K and V alone, and each latent\n" +
-		"precision), then an allocation of rank and bits to every layer and side that minimises bytes\n" +
-		"against the predicted perplexity cost, measured in full and rescaled by what was measured\n" +
-		"(a dozen full measurements at most). Bases are joint over the KV heads unless --basis head;\n" +
-		"the first --sinks tokens stay uncompressed and are counted at full size at --context tokens.\n" +
-		"Every measurement is printed with its number and an ETA. Writes the preset\n" +
-		"(docs/preset-format.md); --check-texts records its delta on other held-out text in it.",
+	Description: "Uses one calibration and measures perplexity on held-out text (never the calibration text),\n" +
+		"in windows of --seq-len tokens (the model's context, at most 4096) spread over all of it.\n" +
+		"Each --texts is a kind of text: the budget holds on every kind (the worst decides), each\n" +
+		"measured on up to --max-tokens tokens. First cheap probes on a window of it (each layer's K\n" +
+		"and V alone, and each latent precision), then an allocation of rank and bits to every layer\n" +
+		"and side that minimises bytes against the predicted perplexity cost, measured in full and\n" +
+		"bracketed on the budget (a dozen full measurements at most); each delta is printed with a\n" +
+		"90% interval, and a preset whose interval is far wider than the budget says so. Bases are\n" +
+		"joint over the KV heads unless --basis head; the first --sinks tokens stay uncompressed and\n" +
+		"are counted at full size at --context tokens. Every measurement is printed with its number\n" +
+		"and an ETA. Writes the preset (docs/preset-format.md); --check-texts records its delta on\n" +
+		"held-out text of kinds it was not tuned on.",
 	Flags: append(evalFlags(),
 		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "perplexity budget as a fraction (0.05: +5%)"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides to compress: k, v or kv"},
@@ -72,9 +79,15 @@ func tuneAction(c *cli.Context) error {
 		return err
 	}
 	a.budget, a.quiet = budget, c.Bool("quiet")
+	if ts := c.StringSlice("texts"); len(ts) > 1 { // each --texts a kind
+		a.kinds = nil
+		for _, t := range ts {
+			a.kinds = append(a.kinds, []string{t})
+		}
+	}
 	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}}
 	a.inputs = files(c.StringSlice("check-texts"))
-	var checks []*kvfile.Corpus
+	var checks []*texts.Corpus
 	for _, p := range c.StringSlice("check-texts") {
 		ct, err := readTexts(c, []string{p})
 		if err != nil {
@@ -89,7 +102,10 @@ func tuneAction(c *cli.Context) error {
 	defer s.Close()
 	stderr := c.App.ErrWriter
 	if !c.Bool("quiet") {
-		fmt.Fprintf(stderr, "baseline perplexity %.4f (seq-len %d, %d tokens); budget %+.1f%%\n", s.Baseline, s.Windows.SeqLen, s.Windows.Tokens(), 100*budget)
+		for _, k := range s.Kinds {
+			fmt.Fprintf(stderr, "baseline perplexity %.4f on %s (seq-len %d, %d tokens from %d documents); budget %+.1f%%\n",
+				k.Baseline, k.Name, k.Windows.SeqLen, k.Windows.Tokens(), len(k.Windows.Documents), 100*budget)
+		}
 	}
 	p, res, err := s.Tune(c.Context, kvtorch.TuneOptions{Budget: budget, Target: target, Bits: bits, Basis: basis,
 		Sinks: orNone(c.Int("sinks")), Uniform: c.Bool("uniform"), Checks: checks, MaxEvaluations: c.Int("max-evaluations")})
@@ -155,14 +171,41 @@ func printPreset(w io.Writer, p *kvfile.Preset, path string) {
 	}
 	fmt.Fprintf(w, "KV cache: %d -> %d bytes per compressed token, %d sink tokens at full size: %.1f bytes per token at a context of %d, %.2fx compression\n",
 		p.BytesBefore, p.BytesCompressed, p.SinkTokens, p.BytesAfter, p.ContextLength, p.CompressionRatio)
-	fmt.Fprintf(w, "perplexity %.4f -> %.4f (%+.2f%%) at seq-len %d over %d held-out tokens", p.BaselinePPL, p.CompressedPPL,
-		100*p.PPLDelta, p.Eval.SeqLen, p.Eval.Tokens)
+	kinds := p.Kinds
+	if len(kinds) == 0 {
+		kinds = []kvfile.Measurement{{EvalInfo: p.Eval, BaselinePPL: p.BaselinePPL, CompressedPPL: p.CompressedPPL, PPLDelta: p.PPLDelta}}
+	}
+	for _, m := range kinds {
+		fmt.Fprintf(w, "perplexity %.4f -> %.4f (%s) on %s, seq-len %d, %d tokens\n", m.BaselinePPL, m.CompressedPPL,
+			deltaWithInterval(m), describeTexts(m.Texts), m.SeqLen, m.Tokens)
+	}
 	if p.Search != nil {
-		fmt.Fprintf(w, "; %d evaluations, %d probes, %ds", p.Search.Evaluations, p.Search.Proxies, p.Search.Seconds)
+		fmt.Fprintf(w, "search: %d evaluations, %d probes, %ds\n", p.Search.Evaluations, p.Search.Proxies, p.Search.Seconds)
 	}
-	fmt.Fprintln(w)
 	for _, m := range p.Checks {
-		fmt.Fprintf(w, "other held-out text (%d files, %d tokens): perplexity %.4f -> %.4f (%+.2f%%)\n", len(m.Texts), m.Tokens,
-			m.BaselinePPL, m.CompressedPPL, 100*m.PPLDelta)
+		fmt.Fprintf(w, "another kind, %s (%d tokens): perplexity %.4f -> %.4f (%s)\n", describeTexts(m.Texts), m.Tokens,
+			m.BaselinePPL, m.CompressedPPL, deltaWithInterval(m))
 	}
+	if p.Warning != "" {
+		fmt.Fprintf(w, "warning: %s\n", p.Warning)
+	}
+}
+
+// deltaWithInterval shows a measured delta and its 90% interval.
+func deltaWithInterval(m kvfile.Measurement) string {
+	if m.Low == 0 && m.High == 0 {
+		return fmt.Sprintf("%+.2f%%", 100*m.PPLDelta)
+	}
+	return fmt.Sprintf("%+.2f%%, 90%% interval %+.2f%% to %+.2f%%", 100*m.PPLDelta, 100*m.Low, 100*m.High)
+}
+
+// describeTexts names held-out text by its first file.
+func describeTexts(ts []kvfile.TextFile) string {
+	switch len(ts) {
+	case 0:
+		return "held-out text"
+	case 1:
+		return filepath.Base(ts[0].Path)
+	}
+	return fmt.Sprintf("%s and %d more files", filepath.Base(ts[0].Path), len(ts)-1)
 }

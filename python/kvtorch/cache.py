@@ -339,7 +339,7 @@ if Cache is not None:
                                      "makes them), with padding on the left only")
             k = key_states.float()
             if self._rebuilds():
-                cos, sin = self.cache.rope(k, pos.clamp_min(0))
+                cos, sin = self.cache.rope(k, pos.clamp_min(0), self.layer)
                 k = k * cos - _rotate_half(k) * sin  # back to before RoPE
             start = self.length
             if self.kernel:  # quantized as they are written
@@ -373,7 +373,7 @@ if Cache is not None:
             p = self.preset
             k = p.expand(self.layer, "k", self.stored("k"))
             if self._rebuilds():
-                cos, sin = self.cache.rope(k, self.positions(0, self.length).clamp_min(0))
+                cos, sin = self.cache.rope(k, self.positions(0, self.length).clamp_min(0), self.layer)
                 k = k * cos + _rotate_half(k) * sin
             v = p.expand(self.layer, "v", self.stored("v"))
             if self.sink_k is not None:
@@ -484,7 +484,7 @@ if Cache is not None:
                         k = self.sides["k"].kernel_expand(self.zk, start, stop)  # [B, Hkv, t, D]
                     else:
                         k = p.expand(self.layer, "k", self.stored("k", start, stop))
-                    cos, sin = self.cache.rope(k, self.positions(start, stop).clamp_min(0))
+                    cos, sin = self.cache.rope(k, self.positions(start, stop).clamp_min(0), self.layer)
                     k = k * cos + _rotate_half(k) * sin
                     if self._rebuilt is not None:
                         self._rebuilt[start] = k
@@ -586,11 +586,8 @@ if Cache is not None:
             self.preset = preset
             self.config = cfg
             self.rotary = None
-            self._rope = None  # cos, sin [P, D] of positions 0 .. P-1 (rope)
+            self._rope = {}  # layer type -> cos, sin [P, D] of positions 0 .. P-1 (rope)
             if preset.kv_source == "pre_rope":
-                if getattr(cfg, "model_type", "") == "gemma3_text":
-                    raise NotImplementedError("pre-RoPE presets of Gemma 3 (two rotary bases) are not supported by the "
-                                              "cache: export the model with --kv-source post_rope")
                 self.rotary = model.model.rotary_emb
             if preset.kv_source == "mla_latent":
                 latent_attention = False  # DeepSeek's attention expands the latent itself
@@ -601,20 +598,27 @@ if Cache is not None:
         def attention_installed(self):
             return getattr(self.config, "_attn_implementation", None) == "kvtorch"
 
-        def rope(self, x, pos):
-            """cos, sin [B, 1, T, D] in float32 for positions pos [B, T]. With
-            the default rotary embedding (its values depend on the position
-            alone) they come from a table of the positions so far, made once
-            for every layer and step."""
-            if getattr(self.rotary, "rope_type", None) != "default" or not pos.numel():
-                cos, sin = self.rotary(x, pos)
+        def rope(self, x, pos, layer):
+            """cos, sin [B, 1, T, D] in float32 for positions pos [B, T] of
+            layer's keys. Models with a rotary base per kind of layer (Gemma
+            3: local for sliding-window layers, global for the others) give
+            each layer its own. With the default rotary embedding (its values
+            depend on the position alone) they come from a table of the
+            positions so far, made once for every layer and step."""
+            kinds = getattr(self.rotary, "layer_types", None)  # Gemma 3: rotary_emb(x, pos, layer_type)
+            kind = self.config.layer_types[layer] if kinds else None
+            args = (kind,) if kinds else ()
+            rope_type = self.rotary.rope_type[kind] if kinds else getattr(self.rotary, "rope_type", None)
+            if rope_type != "default" or not pos.numel():
+                cos, sin = self.rotary(x, pos, *args)
                 return cos[:, None].to(torch.float32), sin[:, None].to(torch.float32)
             need = int(pos.max()) + 1
-            if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].device != x.device:
-                n = max(need, 2 * (0 if self._rope is None else self._rope[0].shape[0]), 1024)
-                cos, sin = self.rotary(x.float(), torch.arange(n, device=x.device)[None])
-                self._rope = (cos[0].to(torch.float32), sin[0].to(torch.float32))
-            return self._rope[0][pos][:, None], self._rope[1][pos][:, None]
+            table = self._rope.get(kind)
+            if table is None or table[0].shape[0] < need or table[0].device != x.device:
+                n = max(need, 2 * (0 if table is None else table[0].shape[0]), 1024)
+                cos, sin = self.rotary(x.float(), torch.arange(n, device=x.device)[None], *args)
+                table = self._rope[kind] = (cos[0].to(torch.float32), sin[0].to(torch.float32))
+            return table[0][pos][:, None], table[1][pos][:, None]
 
         def nbytes(self):
             """Bytes of the tokens stored, all layers: latents, scales and the

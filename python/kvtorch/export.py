@@ -24,6 +24,7 @@ import tempfile
 import torch
 from torch import nn
 
+from kvtorch import gguf_tokenizer
 from kvtorch.cli import Parser, run
 from kvtorch.hook import FORMAT_VERSION, KVHook
 
@@ -44,14 +45,27 @@ def attention_modules(model):
     return [layer.self_attn for layer in model.model.layers]
 
 
+class Mode:
+    """What the method being traced needs, read by the hooks' Python code at
+    trace time (so each method's graph has its own path): bare skips the
+    compression hooks (K and V are taken as they are: calibration's kv
+    method), skip is the attention module whose output is not needed (the
+    last layer's, in kv)."""
+
+    def __init__(self):
+        self.bare = False
+        self.skip = None
+
+
 class CaptureHook(nn.Module):
     """Wraps a projection (or k_norm): its output, viewed as [B, H, T, D], is
     kept in .captured (the true pre-RoPE K or V) and replaced by the hook's
     output. The hook itself is registered on the attention module, not here."""
 
-    def __init__(self, inner, hook_owner, hook_name, heads, dim, layout):
+    def __init__(self, inner, hook_owner, hook_name, heads, dim, layout, mode):
         super().__init__()
         self.inner = inner
+        self.mode = mode
         self._owner = [hook_owner]  # a plain list: do not register the attention module twice
         self.hook_name = hook_name
         self.heads = heads
@@ -69,6 +83,8 @@ class CaptureHook(nn.Module):
         else:
             heads = y.view(shape[0], shape[1], self.heads, self.dim).transpose(1, 2)
         self.captured = heads
+        if self.mode.bare:
+            return y
         hooked = getattr(self._owner[0], self.hook_name)(heads)
         if self.layout == "bhtd":
             return hooked
@@ -76,16 +92,23 @@ class CaptureHook(nn.Module):
 
 
 def kvtorch_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention with the kvtorch hook on the post-RoPE keys and the values:
-    the true K and V are kept on the module, the hooked ones go to the
-    attention the model would have used (sdpa, or its eager function for
-    soft-capping)."""
-    module.kvtorch_k, module.kvtorch_v = key, value
+    """The attention of exported models: for post-RoPE keys, the true K and V
+    are kept on the module and the hooked ones go to the attention the model
+    would have used (sdpa, or its eager function for soft-capping); the
+    attention whose output no method needs (Mode.skip) gives zeros."""
+    mode = module.kvtorch_mode
+    if module.kvtorch_post:
+        module.kvtorch_k, module.kvtorch_v = key, value
+    if mode.skip is module:
+        b, h, t, _ = query.shape
+        return query.new_zeros(b, t, h, value.shape[-1]), None
+    if module.kvtorch_post and not mode.bare:
+        key, value = module.k_hook(key), module.v_hook(value)
     if module.kvtorch_inner == "eager":
         inner = sys.modules[type(module).__module__].eager_attention_forward
     else:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
-    return inner(module, query, module.k_hook(key), module.v_hook(value), attention_mask, **kwargs)
+    return inner(module, query, key, value, attention_mask, **kwargs)
 
 
 def attention_implementation(cfg):
@@ -94,33 +117,78 @@ def attention_implementation(cfg):
     return "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
 
 
+# The methods an export has besides forward (kvtorch.json "methods"): kv
+# gives the true keys and values and nothing else (what calibration needs:
+# no compression hooks, no LM head, the last layer stopped after its K/V
+# projections); body runs the decoder without the LM head, hooks included;
+# head is the LM head alone (applied by kvtorch to a few positions at a time,
+# so that a window's logits never exist whole).
+METHODS = ("kv", "body", "head")
+
+
 class Exported(nn.Module):
-    def __init__(self, model, kv_source):
+    """forward(ids) -> (logits, keys, values); kv(ids) -> (keys, values);
+    body(ids) -> (hidden, keys, values), the decoder's output after its final
+    norm; head(hidden) -> logits. head(body(ids)[0]) is forward(ids)[0]."""
+
+    def __init__(self, model, kv_source, mode):
         super().__init__()
         self.model = model
         self.kv_source = kv_source
+        self.mode = mode
 
-    def forward(self, input_ids):
+    def _run(self, module, input_ids):
+        """Runs module (the causal LM, or its decoder) and returns its output
+        and the K/V of every layer."""
         atts = attention_modules(self.model)
         if self.kv_source == "pre_rope":
-            out = self.model(input_ids=input_ids, use_cache=False)
+            out = module(input_ids=input_ids, use_cache=False)
             keys = tuple(a.k_proj.captured if isinstance(a.k_proj, CaptureHook) else a.k_norm.captured for a in atts)
             values = tuple(a.v_proj.captured for a in atts)
         elif self.kv_source == "post_rope":
-            out = self.model(input_ids=input_ids, use_cache=False)
+            out = module(input_ids=input_ids, use_cache=False)
             keys = tuple(a.kvtorch_k for a in atts)
             values = tuple(a.kvtorch_v for a in atts)
         else:  # mla_latent: the cache holds the latent and the RoPE key part
-            out = self.model(input_ids=input_ids, use_cache=True)
+            out = module(input_ids=input_ids, use_cache=True)
             layers = out.past_key_values.layers
             keys = tuple(l.keys for l in layers)
             values = tuple(l.values for l in layers)
+        return out, keys, values
+
+    def forward(self, input_ids):
+        out, keys, values = self._run(self.model, input_ids)
         return out.logits, keys, values
 
+    def kv(self, input_ids):
+        layer = self.model.model.layers[-1]
+        self.mode.bare = True
+        if self.kv_source != "mla_latent":
+            self.mode.skip = layer.self_attn
+            layer.mlp.forward = torch.zeros_like  # its output is never used
+        try:
+            _, keys, values = self._run(self.model.model, input_ids)
+        finally:
+            self.mode.bare, self.mode.skip = False, None
+            layer.mlp.__dict__.pop("forward", None)
+        return keys, values
 
-def install_hooks(model, kv_source):
+    def body(self, input_ids):
+        out, keys, values = self._run(self.model.model, input_ids)
+        return out.last_hidden_state, keys, values
+
+    def head(self, hidden):
+        logits = self.model.lm_head(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+def install_hooks(model, kv_source, mode):
     """Adds k_hook/v_hook to every attention module and routes K and V through
-    them. Returns (head dim of K, of V, KV heads) for the metadata."""
+    them (unless mode.bare). Returns (head dim of K, of V, KV heads) for the
+    metadata."""
     cfg = model.config
     mt = cfg.model_type
     atts = attention_modules(model)
@@ -132,6 +200,8 @@ def install_hooks(model, kv_source):
             orig = a.expand_kv
 
             def expand(kv_nope, k_rot, _a=a, _orig=orig):
+                if mode.bare:
+                    return _orig(kv_nope, k_rot)
                 return _orig(_a.k_hook(kv_nope), _a.v_hook(k_rot))
             a.expand_kv = expand
         return dk, dv, heads
@@ -141,22 +211,23 @@ def install_hooks(model, kv_source):
     for a in atts:
         a.k_hook = KVHook(heads, d)
         a.v_hook = KVHook(heads, d)
+        a.kvtorch_inner, a.kvtorch_mode, a.kvtorch_post = impl, mode, kv_source == "post_rope"
         if kv_source == "pre_rope":
             if hasattr(a, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm on keys before RoPE
-                a.k_norm = CaptureHook(a.k_norm, a, "k_hook", heads, d, KEY_NORM_LAYOUT[mt])
+                a.k_norm = CaptureHook(a.k_norm, a, "k_hook", heads, d, KEY_NORM_LAYOUT[mt], mode)
             else:
-                a.k_proj = CaptureHook(a.k_proj, a, "k_hook", heads, d, "flat")
-            a.v_proj = CaptureHook(a.v_proj, a, "v_hook", heads, d, "flat")
-        else:
-            a.kvtorch_inner = impl
-    if kv_source == "post_rope":
-        from transformers import AttentionInterface
+                a.k_proj = CaptureHook(a.k_proj, a, "k_hook", heads, d, "flat", mode)
+            a.v_proj = CaptureHook(a.v_proj, a, "v_hook", heads, d, "flat", mode)
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
-        # Its own name: kvtorch.cache registers "kvtorch" for generation.
-        AttentionInterface.register("kvtorch_export", kvtorch_attention)
-        model.set_attn_implementation("kvtorch_export")
-    else:
-        model.set_attn_implementation(impl)
+    # Its own names (kvtorch.cache registers "kvtorch" for generation), each
+    # with the masks of the attention it runs: without a mask function of its
+    # own, a custom attention gets masks without the sliding window.
+    name = f"kvtorch_export_{impl}"
+    AttentionInterface.register(name, kvtorch_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, eager_mask if impl == "eager" else sdpa_mask)
+    model.set_attn_implementation(name)
     return d, d, heads
 
 
@@ -182,8 +253,21 @@ def check_architecture(cfg):
         raise ExportError(f"unsupported architecture {mt!r}; kvtorch exports {', '.join(SUPPORTED)}")
 
 
+class Tokenizer:
+    """What the exporter knows of a model's tokenizer: the tokenizer.json
+    kvtorch reads (stored in the export), whether the model wants BOS before
+    its text and which ids BOS and EOS are (None: ask the model's config and
+    the tokenizer's post-processor), and the files of a HuggingFace folder
+    for transformers users (name -> text)."""
+
+    def __init__(self, kvtorch_json, add_bos=None, bos=None, eos=None, hf_files=None):
+        self.kvtorch_json = kvtorch_json
+        self.add_bos, self.bos, self.eos = add_bos, bos, eos
+        self.hf_files = hf_files or {"tokenizer.json": kvtorch_json}
+
+
 def load(model_id, dtype):
-    """Loads a model for export: (model, tokenizer.json text or None)."""
+    """Loads a model for export: (model, Tokenizer or None: find it)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf = find_gguf(model_id)
@@ -199,7 +283,8 @@ def load_gguf(path, dtype):
     """A GGUF file, dequantized to dtype: transformers reads it (with the gguf
     package) into a model it marks as quantized, which neither saves nor
     traces as a plain model; so a plain model is built from its config and
-    given its weights. The tokenizer comes from the file too."""
+    given its weights. The tokenizer comes from the file too, as llama.cpp
+    reads it (kvtorch.gguf_tokenizer), BOS and EOS as its metadata says."""
     try:
         import gguf  # noqa: F401
     except ImportError as e:
@@ -220,20 +305,64 @@ def load_gguf(path, dtype):
         raise ExportError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if cfg.tie_word_embeddings:
         model.tie_weights()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)
-        with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
-            tokenizer_json = f.read()
-    return model.eval(), tokenizer_json
+    vocab = gguf_tokenizer.GGUFVocab(path)
+    files = {}
+    if vocab.model != "llama":  # byte-level BPE: transformers' conversion of the vocabulary and merges
+        hf = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        with tempfile.TemporaryDirectory() as tmp:
+            hf.save_pretrained(tmp)
+            for f in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, f), encoding="utf-8") as fh:
+                    files[f] = fh.read()
+    try:
+        built, vocab = gguf_tokenizer.from_gguf(path, json.loads(files["tokenizer.json"]) if files else None)
+    except ValueError as e:
+        raise ExportError(f"{path}: {e}") from None
+    if built is None:
+        raise ExportError(f"{path}: tokenizer.ggml.model {vocab.model!r} is not one kvtorch reads as llama.cpp does "
+                          "(llama, gpt2)")
+    own, hf_json, hf_config = built
+    files["tokenizer.json"] = hf_json
+    if hf_config is not None:
+        files["tokenizer_config.json"] = json.dumps(hf_config, indent=2)
+    tok = Tokenizer(own, vocab.add_bos, vocab.bos, vocab.eos, files)
+    for key, tid in (("bos_token_id", tok.bos), ("eos_token_id", tok.eos)):
+        if tid is not None:  # the GGUF's ids, for generate too
+            setattr(model.config, key, tid)
+            if getattr(model, "generation_config", None) is not None:
+                setattr(model.generation_config, key, tid)
+    return model.eval(), tok
 
 
-def save_hf(model, tokenizer_json, folder):
-    """save_pretrained of a plain (unhooked) model, with its tokenizer.json."""
+def save_hf(model, tok, folder):
+    """save_pretrained of a plain (unhooked) model, with its tokenizer files:
+    a folder transformers' AutoModelForCausalLM and AutoTokenizer load as the
+    original."""
     os.makedirs(folder, exist_ok=True)
     model.save_pretrained(folder)
-    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
-        f.write(tokenizer_json)
+    for name, text in tok.hf_files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def hf_add_bos(model_id, tokenizer_json, bos):
+    """Whether a HuggingFace model wants BOS: its tokenizer_config.json's
+    add_bos_token where it says, else whether the tokenizer's post-processor
+    prepends BOS."""
+    path = os.path.join(model_id, "tokenizer_config.json")
+    if not os.path.isfile(path) and not os.path.isdir(model_id):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(model_id, "tokenizer_config.json")
+        except Exception:  # noqa: BLE001 - no config: the post-processor says
+            path = None
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if isinstance(cfg.get("add_bos_token"), bool):
+            return cfg["add_bos_token"]
+    return adds_bos(tokenizer_json, bos)
 
 
 def hook_prefix(model, attn):
@@ -258,7 +387,11 @@ def adds_bos(tokenizer_json, bos):
     return bos is not None and bool(ids) and ids[0] == bos
 
 
-def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
+def export(model, tokenizer, kv_source, device, out, name, trace_len=16):
+    """Traces model into a kvtorch model file at out. tokenizer: a Tokenizer,
+    or a tokenizer.json text (BOS as its post-processor adds it)."""
+    if isinstance(tokenizer, str):
+        tokenizer = Tokenizer(tokenizer)
     cfg = model.config
     mt = cfg.model_type
     if mt in MLA:
@@ -267,17 +400,23 @@ def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
         kv_source = "mla_latent"
     elif kv_source not in ("pre_rope", "post_rope"):
         raise ExportError(f"kv_source for {mt} must be pre_rope or post_rope, not {kv_source}")
-    dk, dv, heads = install_hooks(model, kv_source)
+    mode = Mode()
+    dk, dv, heads = install_hooks(model, kv_source, mode)
     model = model.to(device)
-    wrapper = Exported(model, kv_source).eval()
+    wrapper = Exported(model, kv_source, mode).eval()
     example = torch.randint(0, cfg.vocab_size, (2, trace_len), device=device)
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, (example,), strict=False, check_trace=False)
+        hidden = wrapper.body(example)[0]
+        traced = torch.jit.trace_module(wrapper, {"forward": (example,), "kv": (example,), "body": (example,),
+                                                  "head": (hidden,)}, strict=False, check_trace=False)
     # e.g. "model.model.layers.0.self_attn" -> "model.model.layers.{layer}.self_attn"
     prefix = re.sub(r"\.0(\.|$)", r".{layer}\1", hook_prefix(wrapper, attention_modules(model)[0]), count=1)
-    bos = first_id(getattr(cfg, "bos_token_id", None))
+    bos = tokenizer.bos if tokenizer.bos is not None else first_id(getattr(cfg, "bos_token_id", None))
+    eos = tokenizer.eos if tokenizer.eos is not None else first_id(cfg.eos_token_id)
+    add_bos = tokenizer.add_bos if tokenizer.add_bos is not None else adds_bos(tokenizer.kvtorch_json, bos)
     meta = {
         "format_version": FORMAT_VERSION,
+        "methods": list(METHODS),
         "name": name,
         "architecture": mt,
         "n_layers": cfg.num_hidden_layers,
@@ -292,11 +431,11 @@ def export(model, tokenizer_json, kv_source, device, out, name, trace_len=16):
         "kv_source": kv_source,
         "hook": {"k": prefix + ".k_hook", "v": prefix + ".v_hook"},
         "tokenizer": "tokenizer.json",
-        "add_bos": adds_bos(tokenizer_json, bos),
+        "add_bos": bool(add_bos and bos is not None),
         "bos_token_id": bos,
-        "eos_token_id": first_id(cfg.eos_token_id),
+        "eos_token_id": eos,
     }
-    extra = {"kvtorch.json": json.dumps(meta, indent=2), "tokenizer.json": tokenizer_json}
+    extra = {"kvtorch.json": json.dumps(meta, indent=2), "tokenizer.json": tokenizer.kvtorch_json}
     tmp = out + ".tmp"
     try:
         torch.jit.save(traced, tmp, _extra_files=extra)
@@ -397,9 +536,13 @@ def main(argv=None):
                     help="pre_rope (default) or post_rope keys; deepseek_v2 is always mla_latent")
     ap.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
     ap.add_argument("--name", help="model name stored in the metadata (default: the folder or file name)")
-    ap.add_argument("--save-hf", metavar="DIR", help="also save the loaded model (a GGUF file dequantized) and its "
-                    "tokenizer.json as a HuggingFace folder, for transformers users")
+    ap.add_argument("--save-hf", metavar="DIR", help="also save the loaded model (a GGUF file dequantized) with its "
+                    "tokenizer as a HuggingFace folder that transformers loads (what python -m kvtorch.generate and "
+                    "KVTorchCache need); default for a GGUF model: OUTPUT without .pt, then -hf")
+    ap.add_argument("--no-save-hf", action="store_true", help="do not write the HuggingFace folder of a GGUF model")
     args = ap.parse_args(argv)
+    if args.save_hf is None and not args.no_save_hf and find_gguf(args.model) is not None:
+        args.save_hf = os.path.splitext(args.output)[0] + "-hf"
     check_output(args.output, args.model, args.tokenizer, args.save_hf)
     check_device(args.device)
     explicit = None
@@ -407,11 +550,12 @@ def main(argv=None):
         explicit = find_tokenizer(args.model, args.tokenizer)
         check_tokenizer(explicit, args.tokenizer)
     model, tok = load(args.model, args.dtype)
-    if explicit is not None:
-        tok = explicit
-    elif tok is None:
-        tok = find_tokenizer(args.model, None)
-        check_tokenizer(tok, "the model's tokenizer.json")
+    if explicit is not None or tok is None:
+        text = explicit if explicit is not None else find_tokenizer(args.model, None)
+        if explicit is None:
+            check_tokenizer(text, "the model's tokenizer.json")
+        bos = first_id(getattr(model.config, "bos_token_id", None))
+        tok = Tokenizer(text, hf_add_bos(args.model, text, bos) if explicit is None else adds_bos(text, bos))
     if args.save_hf:
         save_hf(model, tok, args.save_hf)
     kv = args.kv_source
@@ -420,7 +564,9 @@ def main(argv=None):
     name = args.name or os.path.basename(args.model.rstrip("/")).removesuffix(".gguf")
     meta = export(model, tok, kv, args.device, args.output, name=name)
     print(f"exported {args.output}: {meta['architecture']}, {meta['n_layers']} layers, "
-          f"{meta['n_kv_heads']} KV heads of {meta['head_dim_k']}, kv_source {meta['kv_source']}, {args.device}")
+          f"{meta['n_kv_heads']} KV heads of {meta['head_dim_k']}, kv_source {meta['kv_source']}, {args.device}, "
+          f"{'BOS ' + str(meta['bos_token_id']) + ' before every text' if meta['add_bos'] else 'no BOS'}"
+          + (f"; transformers folder {args.save_hf}" if args.save_hf else ""))
 
 
 if __name__ == "__main__":

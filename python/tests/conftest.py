@@ -6,7 +6,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 TESTDATA = os.path.join(ROOT, "testdata")
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))  # refmodel.py, a dev tool
-sys.path.insert(0, os.path.join(ROOT, "bench", "oldtool"))  # the old pipeline, the benchmarks' baseline
 
 import torch  # noqa: E402
 

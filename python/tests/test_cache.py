@@ -243,11 +243,16 @@ def test_generate_greedy_and_beam(calibrated, tmp_path):
     assert beams.shape == (2, 18) and sampled.shape == (4, 18)
 
 
-@pytest.mark.parametrize("arch,kv,basis", [("llama", "post_rope", "joint"), ("qwen2", "pre_rope", "head")])
+@pytest.mark.parametrize("arch,kv,basis", [("llama", "post_rope", "joint"), ("qwen2", "pre_rope", "head"),
+                                           ("gemma3_text", "pre_rope", "joint"), ("gemma3_text", "post_rope", "head"),
+                                           ("gemma2", "pre_rope", "head")])
 def test_full_rank_generates_as_dynamic_cache(calibrated, tmp_path, arch, kv, basis):
-    """At full rank and 16 bits, greedy and beam search give DynamicCache's tokens."""
+    """At full rank and 16 bits, greedy and beam search give DynamicCache's
+    tokens: Gemma's sliding-window layers (window 8 in these tiny models)
+    honoured past the window, and Gemma 3's pre-RoPE keys rotated back with
+    the base of their kind of layer (issue 20)."""
     m = tiny_model(arch)
-    d = m.config.hidden_size // m.config.num_attention_heads
+    d = getattr(m.config, "head_dim", None) or m.config.hidden_size // m.config.num_attention_heads
     rank = d * (m.config.num_key_value_heads if basis == "joint" else 1)
     preset = preset_for(calibrated, tmp_path, arch, kv, "--basis", basis, "--rank-k", str(rank), "--rank-v", str(rank))
     batch = torch.cat([ids(12, seed=7), torch.cat([torch.zeros(1, 5, dtype=torch.long), ids(7, seed=8)], 1)])

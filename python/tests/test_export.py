@@ -60,6 +60,7 @@ def wrap_attention(model, name, fn):
     """Routes the model's attention through fn(module, q, k, v) -> (k, v)
     before the attention it uses (its eager function, or sdpa)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
     impl = model.config._attn_implementation
 
@@ -71,6 +72,7 @@ def wrap_attention(model, name, fn):
             from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
         return inner(module, q, k, v, mask, **kw)
     AttentionInterface.register(name, attn)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, eager_mask if impl == "eager" else sdpa_mask)  # sliding windows too
     model.set_attn_implementation(name)
 
 
@@ -99,6 +101,9 @@ def test_default_hooks_and_kv(arch, kv, tmp_path):
         logits, keys, values = m(ids)
     scale = want_logits.abs().max().item()
     torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5 * scale)
+    with torch.no_grad():  # and the unmodified model's own logits
+        plain = tiny_model(arch)(input_ids=ids).logits
+    torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5 * scale)
     assert len(keys) == len(values) == meta["n_layers"]
     for i in range(meta["n_layers"]):
         assert keys[i].shape == (2, meta["n_kv_heads"], 24, meta["head_dim_k"])
@@ -147,10 +152,12 @@ def eager_projected(arch, kv, bases, ids, sink):
 
 
 @pytest.mark.parametrize("arch", SLIDING)
-def test_sliding_window_generalises(arch, tmp_path):
+@pytest.mark.parametrize("kv", ["pre_rope", "post_rope"])
+def test_sliding_window_generalises(arch, kv, tmp_path):
     """Traced at 16 tokens, the model's sliding-window masks (window 8) still
-    hold at 40: the logits equal the eager model's."""
-    m, _ = exported(arch, "pre_rope", tmp_path)
+    hold at 40: the logits equal the eager model's (post_rope exports run
+    kvtorch's own attention function, which must bring the masks along)."""
+    m, _ = exported(arch, kv, tmp_path)
     ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = tiny_model(arch)(input_ids=ids).logits
@@ -252,3 +259,27 @@ def test_export_never_replaces_an_input(tmp_path):
     if not torch.cuda.is_available():
         r = run_export(str(folder), "-o", str(tmp_path / "m.pt"), "--device", "cuda")
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no CUDA device" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("arch,kv", CASES)
+def test_kv_body_head_equal_forward(arch, kv, tmp_path):
+    """The methods besides forward (issue 22): kv gives forward's keys and
+    values without the hooks or the LM head; head(body) is forward's logits,
+    hooks included; at lengths past the trace's and the sliding window's."""
+    m, meta = exported(arch, kv, tmp_path)
+    assert meta["methods"] == ["kv", "body", "head"]
+    ids = torch.randint(0, 512, (2, 37), generator=torch.Generator().manual_seed(4))
+    buffers = dict(m.named_buffers())
+    with torch.no_grad():
+        logits, keys, values = m(ids)
+        k2, v2 = m.kv(ids)
+        hidden, k3, v3 = m.body(ids)
+        assert torch.equal(m.head(hidden), logits)
+        for a, b, c in zip(keys + values, k2 + v2, k3 + v3):
+            assert torch.equal(a, b) and torch.equal(a, c)
+        buffers[meta["hook"]["v"].format(layer=0) + ".bits"].fill_(4.0)  # a hook that changes the model
+        changed = m(ids)[0]
+        assert not torch.equal(changed, logits)
+        assert torch.equal(m.head(m.body(ids)[0]), changed)
+        for a, b in zip(m.kv(ids)[1], values):  # kv: the true values, never hooked
+            assert torch.equal(a, b)

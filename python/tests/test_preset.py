@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, TESTDATA
 from kvtorch import KVTorchCache, Preset
-import oldtool
+import kvwindows
 from tiny_models import tiny_model
 
 KVTORCH = os.path.join(ROOT, "bin", "kvtorch")
@@ -41,10 +41,9 @@ def write_texts(folder, texts):
 
 
 def windows(model_pt, text_dir, seq_len, max_tokens):
-    """The evaluation windows exactly as kvtorch builds them (oldtool.py builds
-    them the same way, independently of the Go code)."""
-    _, meta, tok = oldtool.load(model_pt)
-    return oldtool.windows(tok, meta, oldtool.read_texts([text_dir]), seq_len, max_tokens)
+    """The evaluation windows exactly as kvtorch builds them (rebuilt
+    independently of the Go code)."""
+    return kvwindows.windows(model_pt, text_dir, seq_len, max_tokens)
 
 
 def ppl_of(logits_fn, wins):

@@ -43,6 +43,11 @@ class Fixture(nn.Module):
         logits = self.out(torch.tanh(h))
         return logits, (k0, k1), [x * 2.0, h + 1.0]
 
+    @torch.jit.export
+    def body(self, ids: torch.Tensor):
+        """A second method: the hidden state before the output layer."""
+        return torch.tanh(self.block(self.emb(ids)))
+
 
 def flat(outputs):
     """Tensors of the output tree in depth-first order, as {shape, data}."""
@@ -64,12 +69,14 @@ def main(out_dir: str) -> None:
     ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], dtype=torch.int64)
     with torch.no_grad():
         before = flat(scripted(ids))
+        body = flat(scripted.body(ids))
         scripted.block.scale.fill_(2.0)
         after = flat(scripted(ids))
     expected = {
         "input": ids.flatten().tolist(),
         "input_shape": list(ids.shape),
         "outputs": before,
+        "body": body,
         "outputs_scale2": after,
         "extra_files": extra,
         "buffers": [name for name, _ in model.named_buffers()],

@@ -4,10 +4,12 @@ cmd/kvtorch's real-model test.
 Usage: python hf_reference.py [--preset PRESET] HF_DIR SEQ_LEN MAX_TOKENS FILE...
 
 Prints JSON: {"ids": {file: ids}, "ppl": perplexity, "tokens": n}: the
-tokenizer's ids of each file (tokenizers' encode), and the transformers
-model's perplexity over non-overlapping windows of SEQ_LEN tokens of the
-files joined by EOS, at most MAX_TOKENS predicted tokens, as kvtorch defines
-it. With --preset the model runs with kvtorch.KVTorchCache holding the
+tokenizer's ids of each file (tokenizers' encode, without special tokens),
+and the transformers model's perplexity over non-overlapping windows of
+SEQ_LEN tokens of the files joined by EOS, each starting with BOS when the
+tokenizer's config says add_bos_token, at most MAX_TOKENS predicted tokens,
+chosen evenly among all of them (the middle of each stride), as kvtorch
+defines it. With --preset the model runs with kvtorch.KVTorchCache holding the
 preset's latents, and the JSON adds "cache_bytes" (after the first window)
 and "generated" (20 greedy tokens after the first 64 of the text, with the
 cache, and with transformers' DynamicCache).
@@ -38,13 +40,23 @@ tok = Tokenizer.from_file(f"{hf_dir}/tokenizer.json")
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 eos = model.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
+bos = None
+if os.path.exists(f"{hf_dir}/tokenizer_config.json"):
+    with open(f"{hf_dir}/tokenizer_config.json", encoding="utf-8") as fh:
+        if json.load(fh).get("add_bos_token"):
+            bos = model.config.bos_token_id
 ids, stream = {}, []
 for f in files:
     with open(f, encoding="utf-8") as fh:
-        ids[f] = tok.encode(fh.read()).ids
+        ids[f] = tok.encode(fh.read(), add_special_tokens=False).ids
     stream += ids[f] + [eos]
 n = max_tokens // (seq_len - 1)
-windows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)][:n]
+need = seq_len - (bos is not None)
+windows = [stream[i:i + need] for i in range(0, len(stream) - need + 1, need)]
+if len(windows) > n:
+    windows = [windows[int((j + 0.5) * len(windows) / n)] for j in range(n)]
+if bos is not None:
+    windows = [[bos] + w for w in windows]
 nll, count, extra = 0.0, 0, {}
 with torch.no_grad():
     for w in windows:
@@ -55,7 +67,7 @@ with torch.no_grad():
         count += len(w) - 1
         extra.setdefault("cache_bytes", None if cache is None else cache.nbytes())
     if preset is not None:
-        prompt = torch.tensor([stream[:64]])
+        prompt = torch.tensor([([bos] if bos is not None else []) + stream[:63 + (bos is None)]])
         ours = model.generate(prompt, past_key_values=KVTorchCache(preset, model), max_new_tokens=20, do_sample=False)
         theirs = model.generate(prompt, max_new_tokens=20, do_sample=False)
         extra["generated"] = {"kvtorch": ours[0, 64:].tolist(), "dynamic": theirs[0, 64:].tolist()}

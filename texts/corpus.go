@@ -1,4 +1,4 @@
-package kvfile
+package texts
 
 import (
 	"bufio"
@@ -18,7 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/kvtorch/kvtorch/internal/regfile"
-	"github.com/kvtorch/kvtorch/tokenizer"
+	"github.com/kvtorch/kvtorch/kvfile"
 )
 
 // ErrNoText marks input with no usable text.
@@ -37,7 +37,7 @@ const maxStdin = 1 << 30
 // used as they are — for models whose tokenizer kvtorch does not support),
 // and "-" (stdin: one document, or JSONL when it starts with "{").
 type Corpus struct {
-	Files []TextFile
+	Files []kvfile.TextFile
 	Docs  []Doc
 	// Duplicates are files left out because an earlier file has the same
 	// content (the same file given twice, or a copy): read once, a text
@@ -46,15 +46,15 @@ type Corpus struct {
 	paths      []string // Files[i]'s path on disk ("-": stdin)
 	stdin      []byte
 	seen       map[string]string // sha256 -> path
-	read       map[uint64]bool   // the sampled lines of the text tokenized (see SharedText), when not nil
+	lines      map[uint64]bool   // the sampled lines of the text tokenized (see SharedText), when not nil
 }
 
 // note samples the lines of text that is being tokenized.
 func (c *Corpus) note(text []byte) {
-	if c.read == nil {
+	if c.lines == nil {
 		return
 	}
-	f := &fingerprinter{keep: func(h uint64) bool { c.read[h] = true; return true }}
+	f := &fingerprinter{keep: func(h uint64) bool { c.lines[h] = true; return true }}
 	f.Write(text)
 	f.flush()
 }
@@ -173,7 +173,7 @@ func (c *Corpus) addFile(path string, jsonl bool) error {
 		tee = io.MultiWriter(h, fp)
 	}
 	r := bufio.NewReaderSize(io.TeeReader(f, tee), 1<<16)
-	tf := TextFile{Path: path}
+	tf := kvfile.TextFile{Path: path}
 	firstDoc := len(c.Docs)
 	if !jsonl {
 		head, _ := r.Peek(64 << 10)
@@ -323,222 +323,4 @@ func (c *Corpus) SHA256() string {
 		h.Write([]byte(f.SHA256))
 	}
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-// Sequence is a run of token ids from one document.
-type Sequence struct {
-	IDs    []int
-	Source string
-}
-
-// Skipped is a document left out, and why.
-type Skipped struct {
-	Source string
-	Tokens int
-}
-
-// Vocab checks token ids of pre-tokenized documents.
-type Vocab interface{ VocabSize() int }
-
-// chunkBytes is the size above which a document is tokenized in pieces cut
-// at paragraph breaks: a huge document then costs memory by piece, not by
-// its size.
-const chunkBytes = 1 << 20
-
-// EncodeOptions say how documents become sequences.
-type EncodeOptions struct {
-	MaxLength int // tokens per sequence; longer documents give several
-	MinTokens int // documents with fewer tokens are skipped
-	MaxTokens int // stop after this many tokens in all (0: no limit)
-}
-
-// Encode tokenizes docs in order (as HF's encode(text); pre-tokenized ones
-// as they are) and cuts them into sequences of at most MaxLength tokens,
-// stopping once MaxTokens tokens are reached. Documents with fewer than
-// MinTokens tokens are skipped and reported.
-func (c *Corpus) Encode(tok *tokenizer.Tokenizer, vocab int, docs []Doc, o EncodeOptions) ([]Sequence, []Skipped, error) {
-	var seqs []Sequence
-	var skipped []Skipped
-	total := 0
-	for _, d := range docs {
-		if o.MaxTokens > 0 && total >= o.MaxTokens {
-			break
-		}
-		ids, err := c.tokens(tok, vocab, d, o.MaxTokens-total)
-		if err != nil {
-			return nil, nil, err
-		}
-		if len(ids) < o.MinTokens || len(ids) == 0 {
-			skipped = append(skipped, Skipped{d.Source, len(ids)})
-			continue
-		}
-		if o.MaxTokens > 0 && total+len(ids) > o.MaxTokens {
-			ids = ids[:o.MaxTokens-total]
-		}
-		total += len(ids)
-		for start := 0; start < len(ids); start += o.MaxLength {
-			seqs = append(seqs, Sequence{IDs: ids[start:min(start+o.MaxLength, len(ids))], Source: d.Source})
-		}
-	}
-	return seqs, skipped, nil
-}
-
-// tokens returns a document's ids: at least want of them when it has that
-// many (want <= 0: all). Documents over chunkBytes are tokenized a piece at
-// a time, each piece ending after a blank line, until want tokens are there.
-func (c *Corpus) tokens(tok *tokenizer.Tokenizer, vocab int, d Doc, want int) ([]int, error) {
-	if !d.jsonl && d.n > chunkBytes {
-		return c.streamTokens(tok, d, want)
-	}
-	doc, err := c.Load(d)
-	if err != nil {
-		return nil, err
-	}
-	if doc.Pre {
-		for _, id := range doc.IDs {
-			if id >= vocab {
-				return nil, fmt.Errorf("texts: %s: token id %d is outside the model's vocabulary of %d", d.Source, id, vocab)
-			}
-		}
-		return doc.IDs, nil
-	}
-	c.note([]byte(doc.Text))
-	return tok.Encode(doc.Text), nil
-}
-
-// cutSlack is how far past chunkBytes a piece may run to end at a good
-// place.
-const cutSlack = 64 << 10
-
-// streamTokens tokenizes a large text document a piece at a time, read from
-// its file as it goes, until want tokens are there (want <= 0: all): memory
-// follows the tokens asked for, not the document's size. Pieces end after
-// a blank line where there is one within cutSlack of chunkBytes, else after
-// a line break, else at a space, else between two characters.
-func (c *Corpus) streamTokens(tok *tokenizer.Tokenizer, d Doc, want int) ([]int, error) {
-	f, err := c.open(d.File)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(io.NewSectionReader(f.(io.ReaderAt), d.off, d.n), 1<<16) // *os.File, or stdin's *bytes.Reader
-	var ids []int
-	var carry []byte
-	first := true
-	for want <= 0 || len(ids) < want {
-		size := chunkBytes // as much as a few tokens need, when few are wanted
-		if want > 0 {
-			size = min(size, max(cutSlack, 16*(want-len(ids))))
-		}
-		buf := make([]byte, max(size+cutSlack, len(carry)))
-		copy(buf, carry)
-		n, err := io.ReadFull(r, buf[len(carry):])
-		buf = buf[:len(carry)+n]
-		last := err == io.EOF || err == io.ErrUnexpectedEOF
-		if err != nil && !last {
-			return nil, fmt.Errorf("texts: %s: %w", d.Source, err)
-		}
-		if first {
-			buf = trimBOM(buf, d.off)
-		}
-		cut := len(buf)
-		if !last {
-			cut = cutPoint(buf, min(size, len(buf)))
-		}
-		c.note(buf[:cut])
-		if first {
-			ids = tok.Encode(string(buf[:cut])) // the post-processor's tokens (BOS) once, at the start
-			first = false
-		} else {
-			ids = append(ids, tok.EncodePlain(string(buf[:cut]))...)
-		}
-		carry = append([]byte(nil), buf[cut:]...)
-		if last && len(carry) == 0 {
-			break
-		}
-	}
-	return ids, nil
-}
-
-// cutPoint is where a piece of b ends, at or after from: after the first
-// blank line, else line break, else space at or after from; else at the
-// first character boundary.
-func cutPoint(b []byte, from int) int {
-	rest := b[from:]
-	for _, sep := range []string{"\n\n", "\n", " "} {
-		if i := bytes.Index(rest, []byte(sep)); i >= 0 {
-			return from + i + len(sep)
-		}
-	}
-	for from < len(b) && !utf8.RuneStart(b[from]) {
-		from++
-	}
-	return from
-}
-
-// Windows is held-out text cut into non-overlapping windows of SeqLen tokens.
-type Windows struct {
-	SeqLen  int
-	Windows [][]int
-	Files   []TextFile
-	SHA256  string // over the files' sha256s, in order
-	// Lines are the sampled lines of the text the windows were cut from
-	// (see SharedText).
-	Lines map[uint64]bool
-}
-
-// Tokens is the number of predicted tokens (SeqLen − 1 per window).
-func (w *Windows) Tokens() int { return len(w.Windows) * (w.SeqLen - 1) }
-
-// Info is the windows as a preset records them.
-func (w *Windows) Info() EvalInfo {
-	return EvalInfo{Texts: w.Files, SHA256: w.SHA256, SeqLen: w.SeqLen, Tokens: w.Tokens()}
-}
-
-// NewWindows encodes the corpus's documents in order, joins them with eos
-// (when >= 0), and cuts non-overlapping windows of seqLen tokens (the
-// remainder is dropped), at most maxTokens predicted tokens (0: all).
-// Documents are read only as far as the windows need.
-func (c *Corpus) NewWindows(tok *tokenizer.Tokenizer, vocab, eos, seqLen, maxTokens int) (*Windows, error) {
-	if seqLen < 2 {
-		return nil, fmt.Errorf("seq-len %d: at least 2", seqLen)
-	}
-	w := &Windows{SeqLen: seqLen, Files: c.Files, SHA256: c.SHA256(), Lines: map[uint64]bool{}}
-	c.read = w.Lines
-	defer func() { c.read = nil }()
-	maxWindows := -1
-	if maxTokens > 0 {
-		maxWindows = maxTokens / (seqLen - 1)
-		if maxWindows == 0 {
-			return nil, fmt.Errorf("%w: --max-tokens %d is less than one window of --seq-len %d (%d predicted tokens)", ErrNoText, maxTokens, seqLen, seqLen-1)
-		}
-	}
-	var stream []int
-	seen := 0
-	for _, d := range c.Docs {
-		need := 0
-		if maxWindows > 0 {
-			need = (maxWindows-len(w.Windows))*seqLen - len(stream)
-		}
-		ids, err := c.tokens(tok, vocab, d, need)
-		if err != nil {
-			return nil, err
-		}
-		seen += len(ids)
-		stream = append(stream, ids...)
-		if eos >= 0 {
-			stream = append(stream, eos)
-		}
-		for len(stream) >= seqLen && (maxWindows < 0 || len(w.Windows) < maxWindows) {
-			w.Windows = append(w.Windows, append([]int(nil), stream[:seqLen]...))
-			stream = stream[seqLen:]
-		}
-		if maxWindows > 0 && len(w.Windows) >= maxWindows {
-			break
-		}
-	}
-	if len(w.Windows) == 0 {
-		return nil, fmt.Errorf("%w for evaluation: %d tokens, fewer than one window of --seq-len %d", ErrNoText, seen, seqLen)
-	}
-	return w, nil
 }

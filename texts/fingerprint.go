@@ -1,8 +1,10 @@
-package kvfile
+package texts
 
 import (
 	"bytes"
 	"hash/fnv"
+
+	"github.com/kvtorch/kvtorch/kvfile"
 )
 
 // A text's fingerprint is a sample of its lines, chosen by their content
@@ -14,7 +16,7 @@ import (
 const (
 	fingerprintLine  = 40
 	fingerprintEvery = 8
-	fingerprintMax   = 64 // lines kept per file
+	fingerprintMax   = kvfile.MaxFingerprint // lines kept per file
 )
 
 // lineHash is the hash of a line without surrounding white space, and
@@ -85,7 +87,7 @@ func fileFingerprint() (*fingerprinter, *[]int64) {
 // SharedText reports, for each file of texts (a calibration's) whose
 // fingerprint has at least 4 lines, whether at least half of them are among
 // lines (the sampled lines of other text): the other text holds it.
-func SharedText(texts []TextFile, lines map[uint64]bool) (TextFile, bool) {
+func SharedText(texts []kvfile.TextFile, lines map[uint64]bool) (kvfile.TextFile, bool) {
 	for _, t := range texts {
 		if len(t.Fingerprint) < 4 {
 			continue
@@ -100,5 +102,5 @@ func SharedText(texts []TextFile, lines map[uint64]bool) (TextFile, bool) {
 			return t, true
 		}
 	}
-	return TextFile{}, false
+	return kvfile.TextFile{}, false
 }
