@@ -9,10 +9,6 @@ import (
 	"github.com/kvtorch/kvtorch/torch"
 )
 
-// ErrHookFormat marks a setting the model's compression hook cannot apply: a
-// model exported with hook format 1 has per-head bases only, and no sinks.
-var ErrHookFormat = fmt.Errorf("%w: the model's compression hook is of format 1", ErrContract)
-
 // Apply writes the hook buffers of every layer for setting s, with the bases
 // of calibration cal (which must be the model's; see kvtorch.Session). An
 // uncompressed side gets the identity, so it is exactly unchanged. Hooks
@@ -31,18 +27,6 @@ func Apply(m *Model, cal *kvfile.Calibration, s compress.Setting) error {
 	if cal.Geometry != g {
 		return fmt.Errorf("calibration: %w: the calibration's cache shape (%v) is not the model's (%v)", kvfile.ErrMismatch, cal.Geometry, g)
 	}
-	if m.Meta.FormatVersion == 1 && s.Compresses(g) {
-		if s.Sinks > 0 {
-			return fmt.Errorf("calibration: %w: it cannot keep sink tokens exact; export the model again with this kvtorch (python -m kvtorch.export) or use --sinks 0", ErrHookFormat)
-		}
-		for _, pair := range s.Layers {
-			for _, sd := range pair {
-				if sd.Basis == compress.Joint { // format 1 has per-head bases (and the identity) only
-					return fmt.Errorf("calibration: %w: it has no joint bases; export the model again with this kvtorch (python -m kvtorch.export) or use a per-head basis", ErrHookFormat)
-				}
-			}
-		}
-	}
 	for l, pair := range s.Layers {
 		for _, k := range compress.Kinds {
 			sd := pair[k]
@@ -53,13 +37,7 @@ func Apply(m *Model, cal *kvfile.Calibration, s compress.Setting) error {
 			if m.applied[hookKey{l, k}] == key {
 				continue
 			}
-			var err error
-			if m.Meta.FormatVersion == 1 {
-				err = m.setHookV1(l, k, cal, sd)
-			} else {
-				err = m.setHook(l, k, cal, sd, s.Sinks)
-			}
-			if err != nil {
+			if err := m.setHook(l, k, cal, sd, s.Sinks); err != nil {
 				delete(m.applied, hookKey{l, k})
 				return fmt.Errorf("calibration: layer %d %s: %w", l, k, err)
 			}
@@ -147,38 +125,6 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 	return m.setBuffers(layer, k, []buffer{{"down", down, []int64{ee, ee}}, {"up", up, []int64{ee, ee}},
 		{"mean", mean, []int64{ee}}, {"bits", []float64{float64(sd.Bits)}, nil}, {"qscale", qscale, []int64{ee}},
 		{"qhead", []float64{qhead}, nil}, {"sink", []float64{float64(sinks)}, nil}})
-}
-
-// setHookV1 fills a format-1 hook (per-head [H, D, D] down/up, [H, D] mean,
-// bits): what models exported before hook format 2 have.
-func (m *Model) setHookV1(layer int, k compress.Kind, cal *kvfile.Calibration, sd compress.Side) error {
-	g := m.Geometry()
-	h, d := g.Heads, g.Dims[k]
-	down := make([]float64, h*d*d)
-	up := make([]float64, h*d*d)
-	mean := make([]float64, h*d)
-	if !sd.Compresses(g, k) || sd.Basis == compress.None {
-		for hh := 0; hh < h; hh++ {
-			for i := 0; i < d; i++ {
-				down[hh*d*d+i*d+i], up[hh*d*d+i*d+i] = 1, 1
-			}
-		}
-	} else {
-		b := cal.Layers[layer][k].PerHead
-		copy(mean, b.Mean)
-		for hh := 0; hh < h; hh++ {
-			for i := 0; i < d; i++ {
-				for j := 0; j < sd.Rank; j++ {
-					u := b.Component(hh, i, j)
-					down[hh*d*d+i*d+j] = u
-					up[hh*d*d+j*d+i] = u
-				}
-			}
-		}
-	}
-	hh, dd := int64(h), int64(d)
-	return m.setBuffers(layer, k, []buffer{{"down", down, []int64{hh, dd, dd}}, {"up", up, []int64{hh, dd, dd}},
-		{"mean", mean, []int64{hh, dd}}, {"bits", []float64{float64(sd.Bits)}, nil}})
 }
 
 // finite reports whether x is neither NaN nor infinite.

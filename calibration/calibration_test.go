@@ -375,29 +375,13 @@ func TestApplyAndSinks(t *testing.T) {
 	}
 }
 
-// TestFormat1Hooks: a model exported with the format-1 hook applies
-// per-head settings exactly as the format-2 hook does (same weights), and
-// refuses what it cannot do.
-func TestFormat1Hooks(t *testing.T) {
-	m2 := loadTiny(t, "good")
-	m1 := loadTiny(t, "good_v1")
-	cal := calibrate(t, m2)
-	g := m2.Geometry()
-	w := evalWindows(12, 32)
-	for _, side := range []compress.Side{{Basis: compress.PerHead, Rank: 6, Bits: 16}, {Basis: compress.PerHead, Rank: 10, Bits: 4}} {
-		s := compress.Uniform(g, compress.Target{true, true}, side, 0)
-		p1, p2 := ppl(t, m1, cal, s, w), ppl(t, m2, cal, s, w)
-		if math.Abs(p1-p2) > 1e-4*p2 {
-			t.Fatalf("%v: format 1 %v, format 2 %v", side, p1, p2)
-		}
-	}
-	for _, s := range []compress.Setting{
-		compress.Uniform(g, compress.Target{true, true}, compress.Side{Basis: compress.Joint, Rank: 8, Bits: 16}, 0),
-		compress.Uniform(g, compress.Target{true, true}, compress.Side{Basis: compress.PerHead, Rank: 8, Bits: 16}, 4),
-	} {
-		if err := Apply(m1, cal, s); !errors.Is(err, ErrHookFormat) {
-			t.Fatalf("format 1 with %s: got %v, want ErrHookFormat", s.Key()[:20], err)
-		}
+// TestFormat1Refused: a model exported with the format-1 hook (per-head
+// bases only, no sinks) is refused when opened, as the Python package
+// refuses it, with what to do.
+func TestFormat1Refused(t *testing.T) {
+	_, err := load(tinyModel(t, "good_v1"))
+	if !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), "export it again") {
+		t.Fatalf("format 1 model: got %v", err)
 	}
 }
 

@@ -81,13 +81,10 @@ func (m *Model) hookBuffers(k compress.Kind) []struct {
 	shape []int64
 } {
 	g := m.Geometry()
-	h, d, e := int64(g.Heads), int64(g.Dims[k]), int64(g.Width(k))
+	e := int64(g.Width(k))
 	type buf = struct {
 		name  string
 		shape []int64
-	}
-	if m.Meta.FormatVersion == 1 {
-		return []buf{{"down", []int64{h, d, d}}, {"up", []int64{h, d, d}}, {"mean", []int64{h, d}}, {"bits", []int64{}}}
 	}
 	return []buf{{"down", []int64{e, e}}, {"up", []int64{e, e}}, {"mean", []int64{e}}, {"bits", []int64{}},
 		{"qscale", []int64{e}}, {"qhead", []int64{}}, {"sink", []int64{}}}

@@ -11,7 +11,7 @@ import (
 // PCA computes the bases of one layer's K or V from its joint moments, with
 // torch.linalg on dev in float64: a basis per KV head (from each head's
 // block of the statistics; with shared, one basis of the heads pooled,
-// repeated for every head, as the old tool computed it) and one joint basis
+// repeated for every head: a baseline) and one joint basis
 // over the heads joined. method is "eigh" (of the covariance) or "svd".
 func PCA(m *kvfile.Moments, heads int, method string, shared bool, dev torch.Device) (kvfile.SideBases, error) {
 	if m.Count < 2 {

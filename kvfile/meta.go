@@ -69,8 +69,10 @@ func ParseMetadata(raw []byte) (*Metadata, error) {
 func (md *Metadata) check() error {
 	const most = 1 << 20 // far beyond any model, small enough that products cannot overflow
 	switch {
-	case md.FormatVersion != 1 && md.FormatVersion != 2:
-		return contractf("kvtorch.json format_version %d (this kvtorch reads 1 and 2)", md.FormatVersion)
+	case md.FormatVersion == 1:
+		return contractf("kvtorch.json format_version 1: the model was exported by an older kvtorch whose hook has no joint bases and no sinks; export it again with python -m kvtorch.export")
+	case md.FormatVersion != 2:
+		return contractf("kvtorch.json format_version %d (this kvtorch reads 2)", md.FormatVersion)
 	case md.NLayers <= 0 || md.NKVHeads <= 0 || md.HeadDimK <= 0 || md.HeadDimV <= 0 || md.VocabSize <= 0:
 		return contractf("kvtorch.json needs positive n_layers, n_kv_heads, head_dim_k, head_dim_v and vocab_size")
 	case md.NLayers > most || md.NKVHeads > most || md.HeadDimK > most || md.HeadDimV > most || md.VocabSize > 1<<31:
