@@ -1,16 +1,16 @@
 // Package kvtorch is the workflow of kvtorch as a library: what the command
-// line does, in a few calls.
+// line does, in a few calls (Example is the same, compiled and tested).
 //
 //	m, err := kvtorch.Open("model.pt", kvtorch.OpenOptions{})        // metadata, device, sha256, weights
-//	texts, err := kvfile.ReadCorpus([]string{"calib/"}, os.Stdin)
-//	res, err := kvtorch.Calibrate(ctx, m, texts, kvtorch.CalibrateOptions{}, progress)
-//	held, err := kvfile.ReadCorpus([]string{"heldout/"}, nil)
-//	s, err := kvtorch.NewSession(ctx, m, res.Calibration, kvtorch.Source{Path: "calib.pt", SHA256: sha}, held, kvtorch.EvalOptions{}, progress)
+//	calib, err := texts.ReadCorpus([]string{"calib/"}, os.Stdin)
+//	res, err := kvtorch.Calibrate(ctx, m, calib, kvtorch.CalibrateOptions{}, progress)
+//	held, err := texts.ReadCorpus([]string{"heldout/"}, nil)
+//	s, err := kvtorch.NewSession(ctx, m, res.Calibration, kvtorch.Source{Path: "calib.pt", SHA256: sha}, []*texts.Corpus{held}, kvtorch.EvalOptions{}, progress)
 //	preset, result, err := s.Tune(ctx, kvtorch.TuneOptions{Budget: 0.05, Bits: []int{16, 8, 4}})
-//	report, err := s.Check(ctx, preset, 0.05)                         // errors.Is(err, kvtorch.ErrOverBudget)
+//	report, err := s.CheckPreset(ctx, preset, 0.05)                  // errors.Is(err, kvtorch.ErrOverBudget)
 //
 // The pieces underneath: compress (the compression setting and its bytes),
-// kvfile (files and texts, pure Go), calibration (the model on its device:
+// kvfile (files, pure Go), texts (reading text, cutting windows), calibration (the model on its device:
 // hooks, statistics, PCA, perplexity), tune (the search).
 package kvtorch
 

@@ -198,23 +198,25 @@ func (s *Session) tokenNLL(ctx context.Context, task, label string, w *texts.Win
 
 // KindMeasurement is a setting measured on one kind of held-out text.
 type KindMeasurement struct {
-	Name      string
-	Baseline  float64
-	PPL       float64
-	Delta     float64 // PPL / baseline − 1
-	Low, High float64 // a 90% interval of Delta
+	Name     string  `json:"texts"`
+	Baseline float64 `json:"baseline_ppl"`
+	PPL      float64 `json:"compressed_ppl"`
+	Delta    float64 `json:"ppl_delta"`     // PPL / baseline − 1
+	Low      float64 `json:"ppl_delta_low"` // a 90% interval of Delta
+	High     float64 `json:"ppl_delta_high"`
 }
 
 // Measurement is a measured setting.
 type Measurement struct {
-	Label string
+	Label string `json:"-"`
 	// PPL, Delta, Low and High are the deciding kind's: the one with the
 	// largest delta.
-	PPL       float64
-	Delta     float64 // PPL / baseline − 1
-	Low, High float64 // a 90% interval of Delta (see DeltaInterval)
-	Ratio     float64 // compression of the whole cache at the context length
-	Kinds     []KindMeasurement
+	PPL   float64           `json:"compressed_ppl"`
+	Delta float64           `json:"ppl_delta"`     // PPL / baseline − 1
+	Low   float64           `json:"ppl_delta_low"` // a 90% interval of Delta (see DeltaInterval)
+	High  float64           `json:"ppl_delta_high"`
+	Ratio float64           `json:"compression_ratio"` // compression of the whole cache at the context length
+	Kinds []KindMeasurement `json:"kinds,omitempty"`
 }
 
 // Measure applies setting st and measures its perplexity delta on the
@@ -353,15 +355,15 @@ func (s *Session) Probe(ctx context.Context, st compress.Setting, label string) 
 
 // Report is a preset checked on held-out text.
 type Report struct {
-	Preset      string
-	Budget      float64
-	Baseline    float64
-	Measurement Measurement
-	SeqLen      int
-	Tokens      int
-	EvalSHA256  string
-	Pass        bool
-	Reason      string
+	Preset       string  `json:"preset"`
+	Budget       float64 `json:"max_ppl_delta"`
+	Baseline     float64 `json:"baseline_ppl,omitempty"`
+	*Measurement         // nil when nothing was measured (files that do not match)
+	SeqLen       int     `json:"seq_len,omitempty"`
+	Tokens       int     `json:"tokens,omitempty"`
+	EvalSHA256   string  `json:"eval_sha256,omitempty"`
+	Pass         bool    `json:"pass"`
+	Reason       string  `json:"reason,omitempty"`
 }
 
 // CheckPreset verifies that a preset was made for this model and
@@ -385,7 +387,7 @@ func (s *Session) CheckPreset(ctx context.Context, p *kvfile.Preset, budget floa
 	if err != nil {
 		return r, err
 	}
-	r.Measurement = m
+	r.Measurement = &m
 	for _, k := range m.Kinds {
 		if k.Delta > budget {
 			r.Reason = fmt.Sprintf("perplexity delta %+.2f%% on %s exceeds the budget %+.2f%% (%.4f -> %.4f, seq-len %d)",
@@ -442,8 +444,8 @@ type TuneOptions struct {
 	Target  compress.Target
 	Bits    []int          // latent bits allowed (16 unless given)
 	Basis   compress.Basis // Joint unless asked otherwise
-	Sinks   int            // tokens kept exact (DefaultSinks; -1: none)
-	Uniform bool           // the old tool's search instead: one per-head rank over its grid
+	Sinks   int            // tokens kept exact (0: DefaultSinks; NoSinks: none)
+	Uniform bool           // the baseline search instead: one per-head rank over a fixed grid
 	// Checks are more held-out texts (another kind than the session's) the
 	// chosen setting is also measured on; their results go into the preset.
 	Checks []*texts.Corpus
@@ -475,10 +477,10 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	}
 	o.Sinks = max(o.Sinks, 0)
 	if o.Basis == compress.None {
-		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: tune searches ranks of a basis (joint or head); for quantization alone measure kvtorch eval --basis none --bits 8", compress.ErrInvalid)
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: tune searches ranks of a basis (joint or per head); quantization alone is one setting to measure, not to tune", compress.ErrInvalid)
 	}
 	if o.Basis == compress.Joint && !s.Calibration.HasJoint() {
-		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune with --basis head", ErrMismatch)
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune per-head bases", ErrMismatch)
 	}
 	start := time.Now()
 	topts := tune.Options{Geometry: s.Model.Geometry(), Spectra: tune.SpectraOf(s.Calibration), Target: o.Target, Bits: o.Bits,
@@ -489,7 +491,7 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	var err error
 	method := "proxy-probed sensitivity, Lagrangian rank/bits allocation, measured and bracketed on the budget"
 	if o.Uniform {
-		method = "uniform per-head rank grid (the old tool's search)"
+		method = "uniform per-head rank grid (the baseline search)"
 		res, err = tune.Uniform(ctx, s, topts)
 	} else {
 		res, err = tune.Search(ctx, s, topts)
@@ -528,7 +530,7 @@ func imprecise(m Measurement, budget float64) string {
 	for _, k := range m.Kinds {
 		if k.High-k.Low > 2*budget {
 			return fmt.Sprintf("the 90%% interval of the delta on %s is %+.2f%% to %+.2f%%, far wider than the budget %+.2f%%: "+
-				"measure on more tokens (--max-tokens) before relying on it", k.Name, 100*k.Low, 100*k.High, 100*budget)
+				"measure on more tokens before relying on it", k.Name, 100*k.Low, 100*k.High, 100*budget)
 		}
 	}
 	return ""

@@ -107,10 +107,9 @@ func checkAction(c *cli.Context) error {
 		}
 	}
 	a.preset = p
-	report := map[string]any{"preset": presetPath, "max_ppl_delta": budget}
+	report := kvtorch.Report{Preset: presetPath, Budget: budget}
 	fail := func(reason string) error {
-		report["pass"] = false
-		report["reason"] = reason
+		report.Preset, report.Pass, report.Reason = presetPath, false, reason
 		if c.Bool("json") {
 			writeJSON(c.App.Writer, report)
 		}
@@ -126,28 +125,19 @@ func checkAction(c *cli.Context) error {
 	}
 	defer s.Close()
 	s.SetSteps(1)
-	r, err := s.CheckPreset(c.Context, p, budget)
-	report["baseline_ppl"] = r.Baseline
-	report["tokens"] = r.Tokens
-	report["seq_len"] = r.SeqLen
-	report["eval_sha256"] = r.EvalSHA256
-	if r.Measurement.PPL > 0 {
-		report["compressed_ppl"] = r.Measurement.PPL
-		report["ppl_delta"] = r.Measurement.Delta
-		report["compression_ratio"] = r.Measurement.Ratio
-	}
+	report, err = s.CheckPreset(c.Context, p, budget)
 	switch {
 	case errors.Is(err, kvtorch.ErrOverBudget), errors.Is(err, kvtorch.ErrMismatch):
-		return fail(r.Reason)
+		return fail(report.Reason)
 	case err != nil:
 		return err
 	}
-	report["pass"] = true
+	report.Preset = presetPath
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, report)
 	}
-	m := r.Measurement
+	m := report.Measurement
 	fmt.Fprintf(c.App.Writer, "check passed: perplexity %.4f -> %.4f (%+.2f%%, budget %+.2f%%), compression %.2fx at a context of %d, seq-len %d, %d tokens\n",
-		r.Baseline, m.PPL, 100*m.Delta, 100*budget, m.Ratio, p.ContextLength, r.SeqLen, r.Tokens)
+		report.Baseline, m.PPL, 100*m.Delta, 100*budget, m.Ratio, p.ContextLength, report.SeqLen, report.Tokens)
 	return nil
 }
