@@ -1,4 +1,4 @@
-# kvtorch — see README.md. Targets: deps build test demo bench clean.
+# kvtorch — see README.md; `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
@@ -38,7 +38,7 @@ GEMMA_DIR := $(KVTORCH_HOME)/models/gemma-3-270m-q4_k_m
 GEMMA_MODEL := $(GEMMA_DIR)/model.pt
 export KVTORCH_GEMMA_DIR := $(GEMMA_DIR)
 
-.PHONY: deps build test demo bench clean refmodel real-model llama-cpp gpu-check python
+.PHONY: deps build test demo bench clean refmodel real-model llama-cpp gpu-check python help
 
 ## deps: system packages, the Python venv (torch, ...) with the kvtorch
 ## package, Go modules, and the reference model exported to TorchScript;
@@ -147,6 +147,8 @@ bench: build real-model $(QUANTO)
 	$(KVTORCH_PYTHON) bench/latentbench.py
 	bash bench/cache.sh build/bench/smollm2/p3.json
 	$(KVTORCH_PYTHON) bench/prefillbench.py --model $(REAL_DIR)/hf --preset build/bench/cache/post-16-8-4.json
+	$(KVTORCH_PYTHON) bench/calspeed.py --model $(REAL_MODEL) --hf $(REAL_DIR)/hf --name SmolLM2-135M-Instruct
+	$(KVTORCH_PYTHON) bench/calspeed.py --model $(GEMMA_MODEL) --hf $(GEMMA_DIR)/hf --name Gemma-3-270M
 
 $(QUANTO): | $(VENV)/.kvtorch-complete
 	$(KVTORCH_PYTHON) -m pip install -q optimum-quanto==0.2.7
@@ -157,5 +159,10 @@ $(QUANTO): | $(VENV)/.kvtorch-complete
 gpu-check:
 	bash scripts/gpu_check.sh $(BIN) build/gpu-check
 
+## clean: remove build/ and bin/ (the venv and models in KVTORCH_HOME stay)
 clean:
 	rm -rf build bin
+
+## help: this list of targets
+help:
+	@awk '/^## /{sub(/^## /,""); gsub(/[$$][$$]/,"$$"); if (match($$0,/^[a-z-]+:/)) {printf "\n"} print "  " $$0}' $(MAKEFILE_LIST) | sed 's/^  \([a-z-]*\):/\1:/'

@@ -22,14 +22,19 @@ type CalibrateOptions struct {
 	MinTokens   int    // documents with fewer tokens are skipped (32; -1: none)
 	Accumulate  string // statistics dtype on the device: float32 (default) or float64
 	Method      string // PCA by eigh (default) or svd
-	SharedHeads bool   // one per-head basis of the heads pooled (the old tool's)
-	Sinks       int    // leading tokens of every sequence left out of the statistics (4; -1: none)
+	SharedHeads bool   // one per-head basis of the heads pooled (a baseline: the heads share one subspace)
+	Sinks       int    // leading tokens of every sequence left out of the statistics (0: DefaultSinks; NoSinks: none)
 	StatsOnly   bool   // return the statistics only (a shard), no PCA
 }
 
 // DefaultSinks is the number of attention-sink tokens kept exact (and left
 // out of calibration statistics) unless asked otherwise.
 const DefaultSinks = 4
+
+// NoSinks asks for no sink tokens in options whose zero value means
+// DefaultSinks (CalibrateOptions, TuneOptions). A compress.Setting's Sinks
+// is the plain count.
+const NoSinks = -1
 
 func (o *CalibrateOptions) defaults(m *Model) error {
 	if o.MaxLength == 0 {

@@ -76,6 +76,9 @@ PYEOF
 "$bin" calibrate -q --model "$out/tiny-cuda.pt" --output "$out/tiny-cal.pt"
 "$bin" tune -q --model "$out/tiny-cuda.pt" --calibration "$out/tiny-cal.pt" --max-tokens 8192 --output "$out/preset-tiny.json" | tee -a "$out/summary.txt"
 "$bin" check --preset "$out/preset-tiny.json" | tee -a "$out/summary.txt"
+log "calibrate against the full forward on cuda (bench/calspeed.py, tiny model)"
+"$PY" bench/calspeed.py --kvtorch "$bin" --model "$out/tiny-cuda.pt" --hf "$out/tiny-llama" --name "tiny llama" \
+  --device cuda --rounds 3 | tee -a "$out/summary.txt"
 # The real model (issue 11), when its GGUF is here (KVTORCH_REAL_GGUF) and the
 # gguf and accelerate packages import: export on CUDA, calibrate and evaluate
 # there, against the CPU's perplexity of the same export.

@@ -398,7 +398,7 @@ func rankFor(sp Spectra, sd side, b compress.Basis, top int, tau float64) int {
 // head_dim 128), as fractions of D.
 var oldToolGrid = []float64{128, 116, 106, 96, 85, 80, 64}
 
-// Uniform is the old tool's search: one per-head rank for every layer (on
+// Uniform is the baseline search: one per-head rank for every layer (on
 // the target sides), over its rank grid scaled to D, times the bits; it
 // keeps the most compressing setting within budget.
 func Uniform(ctx context.Context, ev Evaluator, o Options) (Result, error) {

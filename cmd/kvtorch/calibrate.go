@@ -41,7 +41,7 @@ var calibrateCommand = &cli.Command{
 		sinksFlag,
 		&cli.StringFlag{Name: "accumulate", Value: "float32", Usage: "dtype of the statistics on the device: float32 or float64"},
 		&cli.StringFlag{Name: "method", Value: "eigh", Usage: "PCA by eigh of the covariance, or svd"},
-		&cli.BoolFlag{Name: "shared-heads", Usage: "per-head bases: one basis of the KV heads pooled (as the old Python tool)"},
+		&cli.BoolFlag{Name: "shared-heads", Usage: "per-head bases: one basis of the KV heads pooled (a baseline, for comparison)"},
 		quietFlag,
 		jsonFlag,
 		&cli.StringFlag{Name: "plot", Usage: "draw the explained-variance spectra of K and V per layer into this PNG"},
@@ -124,11 +124,11 @@ func calibrateAction(c *cli.Context) error {
 	return report(c, res.Calibration, out, res.Elapsed, len(res.Skipped))
 }
 
-// orNone maps a flag's 0 to the library's "none" (-1), as its zero means
-// "the default".
+// orNone maps --sinks 0 (the count: none) to kvtorch.NoSinks, as the
+// library's options take 0 for the default.
 func orNone(v int) int {
 	if v == 0 {
-		return -1
+		return kvtorch.NoSinks
 	}
 	return v
 }

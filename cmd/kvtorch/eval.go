@@ -32,7 +32,7 @@ var evalCommand = &cli.Command{
 	Usage: "measure perplexity without and with compression",
 	UsageText: "kvtorch eval --calibration calib.pt --texts heldout/ --ranks 96,128,160   # joint ranks of K and V\n" +
 		"kvtorch eval --calibration calib.pt --preset preset.json --texts other-kind/\n" +
-		"kvtorch eval --calibration calib.pt --rank-v 48 --basis head --sinks 0      # the old tool's way",
+		"kvtorch eval --calibration calib.pt --rank-v 48 --basis head --sinks 0      # V only, per-head bases",
 	Description: "Perplexity over non-overlapping windows of --seq-len tokens of the evaluation texts\n" +
 		"(documents joined by the model's EOS token), uncompressed and with the compression applied\n" +
 		"inside the model through its hook buffers: a preset (--preset), one setting (--rank-k,\n" +

@@ -35,7 +35,13 @@ var (
 	contextFlag = &cli.IntFlag{Name: "context", Value: 4096, EnvVars: []string{"KVTORCH_CONTEXT"},
 		Usage: "context length at which compression ratios are counted (sink tokens cost full size)"}
 	sinksFlag = &cli.IntFlag{Name: "sinks", Value: kvtorch.DefaultSinks, EnvVars: []string{"KVTORCH_SINKS"},
-		Usage: "first tokens of every sequence kept uncompressed (attention sinks)"}
+		Usage: "first tokens of every sequence kept uncompressed (attention sinks; 0: none)",
+		Action: func(_ *cli.Context, v int) error {
+			if v < 0 {
+				return fmt.Errorf("%w: --sinks %d: a count of tokens (0: none)", kvtorch.ErrOption, v)
+			}
+			return nil
+		}}
 	outputFlag = func(def, usage string) *cli.StringFlag {
 		return &cli.StringFlag{Name: "output", Aliases: []string{"o", "out"}, Value: def, EnvVars: []string{"KVTORCH_OUTPUT"}, Usage: usage}
 	}

@@ -21,7 +21,7 @@ var tuneCommand = &cli.Command{
 	UsageText: "kvtorch tune --calibration calib.pt --texts heldout/ --bits 16,8,4 --max-tokens 4096 --output preset.json\n" +
 		"kvtorch tune ... --texts code/ --texts prose/ --texts german/   # the budget holds on each kind\n" +
 		"kvtorch tune ... --check-texts other-kind/     # also measure the chosen preset on another kind of text\n" +
-		"kvtorch tune ... --uniform                     # the old tool's search, for comparison",
+		"kvtorch tune ... --uniform                     # the baseline: one rank for all layers",
 	Description: "Uses one calibration and measures perplexity on held-out text (never the calibration text),\n" +
 		"in windows of --seq-len tokens (the model's context, at most 4096) spread over all of it.\n" +
 		"Each --texts is a kind of text: the budget holds on every kind (the worst decides), each\n" +
@@ -40,7 +40,7 @@ var tuneCommand = &cli.Command{
 		&cli.StringFlag{Name: "bits", Value: "16", Usage: "latent bits to consider, e.g. 16,8,4"},
 		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads) or head (one per KV head)"},
 		sinksFlag,
-		&cli.BoolFlag{Name: "uniform", Usage: "the old tool's search: one per-head rank for all layers over its rank grid"},
+		&cli.BoolFlag{Name: "uniform", Usage: "the baseline search: one per-head rank for all layers over a fixed grid of ranks"},
 		&cli.IntFlag{Name: "max-evaluations", Value: 12, Usage: "full measurements the search may make after its probes"},
 		&cli.StringSliceFlag{Name: "check-texts", Usage: "other held-out text (another kind) to measure the chosen preset on"},
 		outputFlag("preset.json", "preset file to write"),
