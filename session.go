@@ -503,14 +503,8 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	if err != nil {
 		return nil, res, err
 	}
-	p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
-		KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
-		s.Model.Geometry(), res.Best.Setting, o.Target, s.Options.Context, s.Baseline, best.Kinds[0].PPL, s.Windows.Info())
+	p := s.Preset(res.Best.Setting, best, o.Target)
 	p.TargetPPLDelta = &o.Budget
-	for i, k := range best.Kinds {
-		p.Kinds = append(p.Kinds, kvfile.Measurement{EvalInfo: s.Kinds[i].Windows.Info(), BaselinePPL: k.Baseline,
-			CompressedPPL: k.PPL, PPLDelta: k.Delta, Low: k.Low, High: k.High})
-	}
 	p.Warning = imprecise(best, o.Budget)
 	for _, c := range o.Checks {
 		m, err := s.MeasureOn(ctx, c, res.Best.Setting)
@@ -521,6 +515,21 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	}
 	p.Search = &kvfile.SearchInfo{Method: method, Evaluations: s.Evaluations, Proxies: s.Probes, Seconds: int(time.Since(start).Seconds())}
 	return p, res, nil
+}
+
+// Preset makes the preset of setting st as measured by m (on the session's
+// kinds, in order): the model, the calibration, the texts and every kind's
+// delta with its interval. target is the sides the setting was allowed to
+// compress.
+func (s *Session) Preset(st compress.Setting, m Measurement, target compress.Target) *kvfile.Preset {
+	p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
+		KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
+		s.Model.Geometry(), st, target, s.Options.Context, s.Baseline, m.Kinds[0].PPL, s.Windows.Info())
+	for i, k := range m.Kinds {
+		p.Kinds = append(p.Kinds, kvfile.Measurement{EvalInfo: s.Kinds[i].Windows.Info(), BaselinePPL: k.Baseline,
+			CompressedPPL: k.PPL, PPLDelta: k.Delta, Low: k.Low, High: k.High})
+	}
+	return p
 }
 
 // imprecise says, when a measurement's interval is far wider than the budget

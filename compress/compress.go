@@ -221,6 +221,26 @@ func Uniform(g Geometry, target Target, side Side, sinks int) Setting {
 	return s
 }
 
+// Fixed is rank rankK for K and rankV for V in every layer with basis and
+// bits, validated: a rank of 0 means the side's full rank when bits < 16
+// (quantization alone), and the side uncompressed otherwise.
+func Fixed(g Geometry, basis Basis, rankK, rankV, bits, sinks int) (Setting, error) {
+	s := Uncompressed(g)
+	s.Sinks = sinks
+	for l := range s.Layers {
+		for i, r := range []int{rankK, rankV} {
+			k := Kinds[i]
+			if r > 0 || bits < 16 {
+				if r == 0 {
+					r = g.MaxRank(k, basis)
+				}
+				s.Layers[l][k] = Side{Basis: basis, Rank: r, Bits: bits}
+			}
+		}
+	}
+	return s, s.Validate(g)
+}
+
 // Clone returns a deep copy.
 func (s Setting) Clone() Setting {
 	return Setting{Layers: append([][2]Side(nil), s.Layers...), Sinks: s.Sinks}

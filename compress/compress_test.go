@@ -124,3 +124,17 @@ func TestKeyDistinguishesSettings(t *testing.T) {
 		t.Fatal("different settings, one key")
 	}
 }
+
+func TestFixed(t *testing.T) {
+	s, err := Fixed(ref, Joint, 0, 40, 16, 4)
+	if err != nil || s.Sinks != 4 || s.Layers[3][K].Compresses(ref, K) || s.Layers[3][V] != (Side{Joint, 40, 16}) {
+		t.Fatalf("K uncompressed, V joint 40 at 16 bits: %+v, %v", s, err)
+	}
+	s, err = Fixed(ref, PerHead, 0, 0, 8, 0) // quantization of the full rank
+	if err != nil || s.Layers[0][K] != (Side{PerHead, 64, 8}) || s.Layers[5][V] != (Side{PerHead, 64, 8}) {
+		t.Fatalf("8-bit at full rank: %+v, %v", s, err)
+	}
+	if _, err := Fixed(ref, PerHead, 65, 0, 16, 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("per-head rank 65 of 64: %v", err)
+	}
+}

@@ -212,21 +212,9 @@ func evalAction(c *cli.Context) error {
 			labels = append(labels, fmt.Sprintf("%s rank %d (%s), %d-bit, %d sinks", basis, r, target, c.Int("bits"), c.Int("sinks")))
 		}
 	default:
-		st := compress.Uncompressed(g)
-		st.Sinks = c.Int("sinks")
 		rk, rv, bits := c.Int("rank-k"), c.Int("rank-v"), c.Int("bits")
-		for l := range st.Layers {
-			for i, r := range []int{rk, rv} {
-				k := compress.Kinds[i]
-				if r > 0 || bits < 16 {
-					if r == 0 {
-						r = g.MaxRank(k, basis)
-					}
-					st.Layers[l][k] = compress.Side{Basis: basis, Rank: r, Bits: bits}
-				}
-			}
-		}
-		if err := st.Validate(g); err != nil {
+		st, err := compress.Fixed(g, basis, rk, rv, bits, c.Int("sinks"))
+		if err != nil {
 			return err
 		}
 		settings = []compress.Setting{st}
@@ -241,9 +229,7 @@ func evalAction(c *cli.Context) error {
 		}
 		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Low, m.High, m.Ratio})
 		if out := c.String("output"); out != "" {
-			p := kvfile.NewPreset(kvfile.PresetSource{Name: s.Model.Meta.Name, File: s.Model.Path, SHA256: s.Model.SHA256,
-				KVSource: s.Model.Meta.KVSource, CalibrationFile: s.Source.Path, CalibrationSHA256: s.Source.SHA256},
-				g, st, target, s.Options.Context, s.Baseline, m.PPL, s.Windows.Info())
+			p := s.Preset(st, m, target)
 			p.Search = &kvfile.SearchInfo{Method: "kvtorch eval: " + labels[i], Evaluations: s.Evaluations}
 			if err := p.Save(out); err != nil {
 				return err
