@@ -127,9 +127,18 @@ test: build real-model $(LLAMACPP)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet ./...
-	$(GO) test -count=1 ./...
-	CGO_ENABLED=0 $(GO) test -count=1 ./torch ./pt ./tokenizer
-	cd python && PYTHONSAFEPATH=1 $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests  # the installed package, not ./kvtorch
+	@# The Python tests (the installed package, not ./kvtorch) run beside the
+	@# Go tests: each side alone leaves a core idle much of the time. Their
+	@# output is printed when both are done.
+	@mkdir -p build; rm -f build/pytest.rc; \
+	( cd python && PYTHONSAFEPATH=1 $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests > ../build/pytest.log 2>&1; \
+	  echo $$? > ../build/pytest.rc ) & \
+	status=0; \
+	$(GO) test -count=1 ./... || status=1; \
+	CGO_ENABLED=0 $(GO) test -count=1 ./torch ./pt ./tokenizer || status=1; \
+	wait; echo "--- python tests (python/tests)"; cat build/pytest.log; \
+	[ "$$(cat build/pytest.rc)" = 0 ] || status=1; \
+	exit $$status
 
 ## demo: the main job on the bundled reference model: calibrate, tune at +5%, check
 demo: build

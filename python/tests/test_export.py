@@ -113,6 +113,26 @@ def test_default_hooks_and_kv(arch, kv, tmp_path):
     # The trace generalises to other batch sizes and lengths.
     with torch.no_grad():
         assert m(torch.randint(0, 512, (3, 41)))[0].shape == (3, 41, 512)
+    # The methods besides forward (issue 22): kv gives forward's keys and
+    # values without the hooks or the LM head; head(body) is forward's
+    # logits, hooks included; at lengths past the trace's and the sliding
+    # window's.
+    assert meta["methods"] == ["kv", "body", "head"]
+    ids = torch.randint(0, 512, (2, 37), generator=torch.Generator().manual_seed(4))
+    buffers = dict(m.named_buffers())
+    with torch.no_grad():
+        logits, keys, values = m(ids)
+        k2, v2 = m.kv(ids)
+        hidden, k3, v3 = m.body(ids)
+        assert torch.equal(m.head(hidden), logits)
+        for a, b, c in zip(keys + values, k2 + v2, k3 + v3):
+            assert torch.equal(a, b) and torch.equal(a, c)
+        buffers[meta["hook"]["v"].format(layer=0) + ".bits"].fill_(4.0)  # a hook that changes the model
+        changed = m(ids)[0]
+        assert not torch.equal(changed, logits)
+        assert torch.equal(m.head(m.body(ids)[0]), changed)
+        for a, b in zip(m.kv(ids)[1], values):  # kv: the true values, never hooked
+            assert torch.equal(a, b)
 
 
 def eager_projected(arch, kv, bases, ids, sink):
@@ -259,27 +279,3 @@ def test_export_never_replaces_an_input(tmp_path):
     if not torch.cuda.is_available():
         r = run_export(str(folder), "-o", str(tmp_path / "m.pt"), "--device", "cuda")
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no CUDA device" in r.stderr, r.stderr
-
-
-@pytest.mark.parametrize("arch,kv", CASES)
-def test_kv_body_head_equal_forward(arch, kv, tmp_path):
-    """The methods besides forward (issue 22): kv gives forward's keys and
-    values without the hooks or the LM head; head(body) is forward's logits,
-    hooks included; at lengths past the trace's and the sliding window's."""
-    m, meta = exported(arch, kv, tmp_path)
-    assert meta["methods"] == ["kv", "body", "head"]
-    ids = torch.randint(0, 512, (2, 37), generator=torch.Generator().manual_seed(4))
-    buffers = dict(m.named_buffers())
-    with torch.no_grad():
-        logits, keys, values = m(ids)
-        k2, v2 = m.kv(ids)
-        hidden, k3, v3 = m.body(ids)
-        assert torch.equal(m.head(hidden), logits)
-        for a, b, c in zip(keys + values, k2 + v2, k3 + v3):
-            assert torch.equal(a, b) and torch.equal(a, c)
-        buffers[meta["hook"]["v"].format(layer=0) + ".bits"].fill_(4.0)  # a hook that changes the model
-        changed = m(ids)[0]
-        assert not torch.equal(changed, logits)
-        assert torch.equal(m.head(m.body(ids)[0]), changed)
-        for a, b in zip(m.kv(ids)[1], values):  # kv: the true values, never hooked
-            assert torch.equal(a, b)
