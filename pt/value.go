@@ -156,7 +156,8 @@ type Element interface {
 	float32 | float64 | int64 | int32 | int8 | uint8 | bool
 }
 
-func dtypeOf[T Element]() DType {
+// DTypeOf is the dtype of Go element type T.
+func DTypeOf[T Element]() DType {
 	var z T
 	switch any(z).(type) {
 	case float32:
@@ -182,13 +183,13 @@ func FromSlice[T Element](data []T, shape ...int64) (*Tensor, error) {
 	if len(data) > 0 {
 		copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&data[0])), len(raw)))
 	}
-	return NewTensor(dtypeOf[T](), raw, shape...)
+	return NewTensor(DTypeOf[T](), raw, shape...)
 }
 
 // ToSlice returns the tensor's elements in C-contiguous order; T must match
 // the dtype.
 func ToSlice[T Element](t *Tensor) ([]T, error) {
-	if want := dtypeOf[T](); t.DType() != want {
+	if want := DTypeOf[T](); t.DType() != want {
 		return nil, fmt.Errorf("pt: tensor is %s, not %s", t.DType(), want)
 	}
 	raw, err := t.Bytes()

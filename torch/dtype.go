@@ -26,29 +26,7 @@ const (
 // ParseDType parses a name as printed by DType.String ("float32", "bfloat16", ...).
 func ParseDType(s string) (DType, error) { return pt.ParseDType(s) }
 
-// Element is a Go type that maps directly onto a tensor dtype.
-// float16 and bfloat16 have no Go type: use FromBytes and Tensor.Bytes.
-type Element interface {
-	float32 | float64 | int64 | int32 | int8 | uint8 | bool
-}
-
-func dtypeOf[T Element]() DType {
-	var z T
-	switch any(z).(type) {
-	case float32:
-		return Float32
-	case float64:
-		return Float64
-	case int64:
-		return Int64
-	case int32:
-		return Int32
-	case int8:
-		return Int8
-	case uint8:
-		return Uint8
-	case bool:
-		return Bool
-	}
-	panic("torch: unreachable element type")
-}
+// Element is a Go type that maps directly onto a tensor dtype (pt.Element;
+// its dtype is pt.DTypeOf). float16 and bfloat16 have no Go type: use
+// FromBytes and Tensor.Bytes.
+type Element = pt.Element

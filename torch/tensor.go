@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"runtime"
 	"unsafe"
+
+	"github.com/kvtorch/kvtorch/pt"
 )
 
 // Tensor is a libtorch tensor on some device. It owns its libtorch handle:
@@ -139,7 +141,7 @@ func FromSlice[T Element](data []T, shape ...int64) (*Tensor, error) {
 	}
 	var z T
 	nbytes := uintptr(len(data)) * unsafe.Sizeof(z)
-	return fromData(p, nbytes, dtypeOf[T](), shape)
+	return fromData(p, nbytes, pt.DTypeOf[T](), shape)
 }
 
 // FromBytes copies raw little-endian element bytes (C-contiguous) into a new
@@ -178,7 +180,7 @@ func ToSlice[T Element](t *Tensor) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	if want := dtypeOf[T](); t.DType() != want {
+	if want := pt.DTypeOf[T](); t.DType() != want {
 		return nil, fmt.Errorf("torch: tensor is %v, not %v", t.DType(), want)
 	}
 	out := make([]T, t.Numel())
