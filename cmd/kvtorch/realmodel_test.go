@@ -48,48 +48,12 @@ func realModelEndToEnd(t *testing.T, dir, name, rankK, rankV string, minTokens i
 	model := filepath.Join(dir, "model.pt")
 	calibTexts := []string{"../../testdata/calib/002-prose.txt", "../../testdata/calib/003-technical.txt"}
 	evalTexts := []string{"../../testdata/legal/Apache-2.0.txt", "../../testdata/eval/004-prose.txt"}
-	const seqLen, maxTokens = 512, 2044
+	const seqLen = 512
 
-	// The independent computation: transformers and tokenizers alone.
-	args := append([]string{"testdata/hf_reference.py", filepath.Join(dir, "hf"), "512", "2044"}, append(calibTexts, evalTexts...)...)
-	cmd := exec.Command(os.Getenv("KVTORCH_PYTHON"), args...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("hf_reference.py: %v", err)
-	}
-	var ref struct {
-		IDs    map[string][]int `json:"ids"`
-		PPL    float64          `json:"ppl"`
-		Tokens int              `json:"tokens"`
-	}
-	if err := json.Unmarshal(out, &ref); err != nil {
-		t.Fatal(err)
-	}
-
-	// 1. kvtorch tokenize gives HF's ids, file by file.
+	// 1. kvtorch tokenize (compared with HF's ids, file by file, below).
 	code, tokOut, e := runCLI(append([]string{"tokenize", "--json", "--no-special", "--model", model}, append(calibTexts, evalTexts...)...)...)
 	if code != 0 {
 		t.Fatal(e)
-	}
-	sc := bufio.NewScanner(strings.NewReader(tokOut))
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	n := 0
-	for sc.Scan() {
-		var rec struct {
-			Source string `json:"source"`
-			IDs    []int  `json:"input_ids"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			t.Fatal(err)
-		}
-		if !slices.Equal(rec.IDs, ref.IDs[rec.Source]) {
-			t.Fatalf("%s: kvtorch's %d ids differ from HuggingFace's %d", rec.Source, len(rec.IDs), len(ref.IDs[rec.Source]))
-		}
-		n += len(rec.IDs)
-	}
-	if n == 0 {
-		t.Fatal("no ids")
 	}
 
 	// 2. Calibrate on a few thousand tokens.
@@ -117,41 +81,43 @@ func realModelEndToEnd(t *testing.T, dir, name, rankK, rankV string, minTokens i
 	for _, f := range append(calibTexts, evalTexts...) {
 		evalArgs = append(evalArgs, "--texts", f)
 	}
-	rep := runEval(t, evalArgs...)
-	if rep.Tokens != ref.Tokens || math.Abs(rep.Baseline/ref.PPL-1) > 1e-4 {
-		t.Fatalf("baseline perplexity %v over %d tokens, transformers %v over %d", rep.Baseline, rep.Tokens, ref.PPL, ref.Tokens)
-	}
+	preset := filepath.Join(t.TempDir(), "preset.json") // the setting, for step 4
+	rep := runEval(t, append(evalArgs, "--output", preset)...)
 	c := rep.Rows[1]
 	if !(c.PPL > rep.Baseline) || math.IsInf(c.PPL, 0) || c.Ratio < 2.5 {
 		t.Fatalf("joint ranks %s/%s with 8-bit latents: perplexity %v (baseline %v), ratio %v", rankK, rankV, c.PPL, rep.Baseline, c.Ratio)
 	}
-	t.Logf("%s: baseline %.4f (transformers %.4f) on %d tokens; K %s / V %s, 8-bit: %.4f (%+.2f%%) at %.2fx",
-		name, rep.Baseline, ref.PPL, rep.Tokens, rankK, rankV, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
 
 	// 4. The same setting as a preset, applied by the Python package's
 	// KVTorchCache inside transformers' own model: the perplexity kvtorch
 	// measured (up to the cache's float16 scales), at the bytes it counted.
-	preset := filepath.Join(t.TempDir(), "preset.json")
-	code, _, e = runCLI(append(append([]string{"eval"}, evalArgs...), "--output", preset)...)
-	if code != 0 {
-		t.Fatal(e)
-	}
-	args = append([]string{"testdata/hf_reference.py", "--preset", preset, filepath.Join(dir, "hf"), "512", "2044"},
+	// The independent computation, with transformers and tokenizers alone
+	// (and kvtorch's Python package for the cache), in one process.
+	args := append([]string{"testdata/hf_reference.py", "--preset", preset, filepath.Join(dir, "hf"), "512", "2044"},
 		append(calibTexts, evalTexts...)...)
-	cmd = exec.Command(os.Getenv("KVTORCH_PYTHON"), args...)
+	cmd := exec.Command(os.Getenv("KVTORCH_PYTHON"), args...)
 	cmd.Stderr = os.Stderr
-	if out, err = cmd.Output(); err != nil {
-		t.Fatalf("hf_reference.py --preset: %v", err)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hf_reference.py: %v", err)
 	}
-	var withCache struct {
+	var ref struct {
+		IDs        map[string][]int `json:"ids"`
 		PPL        float64          `json:"ppl"`
 		Tokens     int              `json:"tokens"`
+		PPLCache   float64          `json:"ppl_cache"`
 		CacheBytes int64            `json:"cache_bytes"`
 		Generated  map[string][]int `json:"generated"`
 	}
-	if err := json.Unmarshal(out, &withCache); err != nil {
+	if err := json.Unmarshal(out, &ref); err != nil {
 		t.Fatal(err)
 	}
+	checkIDs(t, tokOut, ref.IDs)
+	if rep.Tokens != ref.Tokens || math.Abs(rep.Baseline/ref.PPL-1) > 1e-4 {
+		t.Fatalf("baseline perplexity %v over %d tokens, transformers %v over %d", rep.Baseline, rep.Tokens, ref.PPL, ref.Tokens)
+	}
+	t.Logf("%s: baseline %.4f (transformers %.4f) on %d tokens; K %s / V %s, 8-bit: %.4f (%+.2f%%) at %.2fx",
+		name, rep.Baseline, ref.PPL, rep.Tokens, rankK, rankV, c.PPL, 100*(c.PPL/rep.Baseline-1), c.Ratio)
 	var p struct {
 		Sinks  int64   `json:"sink_tokens"`
 		Before int64   `json:"bytes_per_token_before"`
@@ -165,17 +131,40 @@ func realModelEndToEnd(t *testing.T, dir, name, rankK, rankV string, minTokens i
 	if err := json.Unmarshal(b, &p); err != nil {
 		t.Fatal(err)
 	}
-	if math.Abs(withCache.PPL/p.PPL-1) > 1e-3 || withCache.Tokens != rep.Tokens {
-		t.Fatalf("through KVTorchCache: perplexity %v over %d tokens, kvtorch eval %v over %d", withCache.PPL,
-			withCache.Tokens, p.PPL, rep.Tokens)
+	if math.Abs(ref.PPLCache/p.PPL-1) > 1e-3 {
+		t.Fatalf("through KVTorchCache: perplexity %v, kvtorch eval %v", ref.PPLCache, p.PPL)
 	}
-	if want := p.Sinks*p.Before + seqLen*p.After; withCache.CacheBytes != want {
-		t.Fatalf("KVTorchCache holds %d bytes for %d tokens, the preset counts %d", withCache.CacheBytes, seqLen, want)
+	if want := p.Sinks*p.Before + seqLen*p.After; ref.CacheBytes != want {
+		t.Fatalf("KVTorchCache holds %d bytes for %d tokens, the preset counts %d", ref.CacheBytes, seqLen, want)
 	}
-	g := withCache.Generated
+	g := ref.Generated
 	if len(g["kvtorch"]) != 20 {
 		t.Fatalf("generate with KVTorchCache gave %d tokens", len(g["kvtorch"]))
 	}
-	t.Logf("through KVTorchCache: %.4f (kvtorch eval %.4f); greedy tokens %v (DynamicCache %v)", withCache.PPL, p.PPL,
+	t.Logf("through KVTorchCache: %.4f (kvtorch eval %.4f); greedy tokens %v (DynamicCache %v)", ref.PPLCache, p.PPL,
 		g["kvtorch"], g["dynamic"])
+}
+
+// checkIDs compares kvtorch tokenize --json output with HF's ids by file.
+func checkIDs(t *testing.T, tokOut string, hf map[string][]int) {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(tokOut))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	n := 0
+	for sc.Scan() {
+		var rec struct {
+			Source string `json:"source"`
+			IDs    []int  `json:"input_ids"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(rec.IDs, hf[rec.Source]) {
+			t.Fatalf("%s: kvtorch's %d ids differ from HuggingFace's %d", rec.Source, len(rec.IDs), len(hf[rec.Source]))
+		}
+		n += len(rec.IDs)
+	}
+	if n == 0 {
+		t.Fatal("no ids")
+	}
 }

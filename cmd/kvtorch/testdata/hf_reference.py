@@ -9,10 +9,11 @@ and the transformers model's perplexity over non-overlapping windows of
 SEQ_LEN tokens of the files joined by EOS, each starting with BOS when the
 tokenizer's config says add_bos_token, at most MAX_TOKENS predicted tokens,
 chosen evenly among all of them (the middle of each stride), as kvtorch
-defines it. With --preset the model runs with kvtorch.KVTorchCache holding the
-preset's latents, and the JSON adds "cache_bytes" (after the first window)
-and "generated" (20 greedy tokens after the first 64 of the text, with the
-cache, and with transformers' DynamicCache).
+defines it. With --preset the model also runs with kvtorch.KVTorchCache holding the
+preset's latents, and the JSON adds "ppl_cache" (the perplexity through the
+cache), "cache_bytes" (after the first window) and "generated" (20 greedy
+tokens after the first 64 of the text, with the cache, and with
+transformers' DynamicCache).
 """
 import json
 import math
@@ -57,18 +58,28 @@ if len(windows) > n:
     windows = [windows[int((j + 0.5) * len(windows) / n)] for j in range(n)]
 if bos is not None:
     windows = [[bos] + w for w in windows]
-nll, count, extra = 0.0, 0, {}
-with torch.no_grad():
+extra = {}
+
+
+def perplexity(with_cache):
+    nll, count = 0.0, 0
     for w in windows:
         x = torch.tensor([w])
-        cache = None if preset is None else KVTorchCache(preset, model)
+        cache = KVTorchCache(preset, model) if with_cache else None
         logits = model(input_ids=x, past_key_values=cache, use_cache=cache is not None).logits[0, :-1].double()
         nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += len(w) - 1
-        extra.setdefault("cache_bytes", None if cache is None else cache.nbytes())
+        if with_cache:
+            extra.setdefault("cache_bytes", cache.nbytes())
+    return math.exp(nll / count), count
+
+
+with torch.no_grad():
+    ppl, count = perplexity(False)
     if preset is not None:
+        extra["ppl_cache"], _ = perplexity(True)
         prompt = torch.tensor([([bos] if bos is not None else []) + stream[:63 + (bos is None)]])
         ours = model.generate(prompt, past_key_values=KVTorchCache(preset, model), max_new_tokens=20, do_sample=False)
         theirs = model.generate(prompt, max_new_tokens=20, do_sample=False)
         extra["generated"] = {"kvtorch": ours[0, 64:].tolist(), "dynamic": theirs[0, 64:].tolist()}
-print(json.dumps({"ids": ids, "ppl": math.exp(nll / count), "tokens": count, **extra}))
+print(json.dumps({"ids": ids, "ppl": ppl, "tokens": count, **extra}))
