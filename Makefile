@@ -134,7 +134,7 @@ test: build real-model $(LLAMACPP)
 	( cd python && PYTHONSAFEPATH=1 $(KVTORCH_PYTHON) -m pytest -q -p no:cacheprovider tests > ../build/pytest.log 2>&1; \
 	  echo $$? > ../build/pytest.rc ) & \
 	status=0; \
-	$(GO) test -count=1 ./... || status=1; \
+	$(GO) test -count=1 -timeout 40m ./... || status=1; \
 	CGO_ENABLED=0 $(GO) test -count=1 ./torch ./pt ./tokenizer || status=1; \
 	wait; echo "--- python tests (python/tests)"; cat build/pytest.log; \
 	[ "$$(cat build/pytest.rc)" = 0 ] || status=1; \
