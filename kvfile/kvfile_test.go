@@ -331,7 +331,7 @@ func TestPresetRefusesBadFiles(t *testing.T) {
 }
 
 // TestVersion1Preset reads the example of a version 1 preset (the one make
-// demo wrote before format 2; docs/preset-format.md) and checks its numbers.
+// demo wrote before format 2) and checks its numbers.
 func TestVersion1Preset(t *testing.T) {
 	v1 := `{"format": "kvtorch-preset", "version": 1, "model": "kvtorch-refmodel", "model_file": "m.pt",
   "model_sha256": "47880fe4", "kv_source": "pre_rope", "calibration_file": "c.pt", "calibration_sha256": "8a20ae9e",
