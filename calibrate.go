@@ -164,3 +164,103 @@ func FromStats(ctx context.Context, s *kvfile.Stats, dev torch.Device) (*kvfile.
 	}
 	return c, nil
 }
+
+// Merge merges the statistics of calibration shards (files written by
+// calibrate's StatsOnly runs, or by Merge) and computes the PCA bases on
+// device ("": the CPU), unless statsOnly. Shards must not overlap (the same
+// text twice is refused).
+func Merge(ctx context.Context, paths []string, device string, statsOnly bool) (*CalibrateResult, error) {
+	start := time.Now()
+	var dev torch.Device
+	if !statsOnly {
+		var err error
+		if dev, err = torch.ParseDevice(device); err != nil {
+			return nil, fmt.Errorf("kvtorch: %w: %v", ErrOption, err)
+		}
+		if err := dev.Check(); err != nil {
+			return nil, fmt.Errorf("kvtorch: %w", err)
+		}
+	}
+	var shards []*kvfile.Stats
+	for _, p := range paths {
+		s, err := kvfile.LoadStats(p)
+		if err != nil {
+			return nil, err
+		}
+		shards = append(shards, s)
+	}
+	merged, err := kvfile.MergeStats(shards)
+	if err != nil {
+		return nil, err
+	}
+	res := &CalibrateResult{Stats: merged}
+	if !statsOnly {
+		if res.Calibration, err = FromStats(ctx, merged, dev); err != nil {
+			return nil, err
+		}
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// ExplainedFractions are the fractions of each basis's dimension at which a
+// Summary gives the explained variance.
+var ExplainedFractions = []float64{0.25, 0.5, 0.75}
+
+// SideSummary is one side's explained variance at ExplainedFractions: the
+// mean over its per-head bases, and its joint basis (when there is one).
+type SideSummary struct {
+	PerHead []float64 `json:"per_head"`
+	Joint   []float64 `json:"joint,omitempty"`
+}
+
+// LayerSummary is one layer's explained variance.
+type LayerSummary struct {
+	Layer int         `json:"layer"`
+	K     SideSummary `json:"k"`
+	V     SideSummary `json:"v"`
+}
+
+// Summary is what a calibration run made, as calibrate reports it.
+type Summary struct {
+	Output          string         `json:"output"`
+	Model           string         `json:"model"`
+	ModelSHA256     string         `json:"model_sha256"`
+	KVSource        string         `json:"kv_source"`
+	Device          string         `json:"device"`
+	Tokens          int64          `json:"tokens"`
+	Sinks           int            `json:"sinks"`
+	Seconds         float64        `json:"seconds"`
+	TokensPerSecond float64        `json:"tokens_per_second"`
+	Skipped         int            `json:"skipped_documents"`
+	Fractions       []float64      `json:"explained_fractions"`
+	Layers          []LayerSummary `json:"explained_variance"`
+}
+
+// Summary summarises the calibration r made, written to out.
+func (r *CalibrateResult) Summary(out string) Summary {
+	cal := r.Calibration
+	secs := r.Elapsed.Seconds()
+	s := Summary{Output: out, Model: cal.Model.File, ModelSHA256: cal.Model.SHA256, KVSource: cal.Model.KVSource,
+		Device: cal.Options.Device, Tokens: cal.Tokens, Sinks: cal.Options.Sinks, Seconds: secs,
+		TokensPerSecond: float64(cal.Tokens) / max(secs, 1e-9), Skipped: len(r.Skipped), Fractions: ExplainedFractions}
+	for l, pair := range cal.Layers {
+		s.Layers = append(s.Layers, LayerSummary{Layer: l,
+			K: SideSummary{explained(pair[0].PerHead), explained(pair[0].Joint)},
+			V: SideSummary{explained(pair[1].PerHead), explained(pair[1].Joint)}})
+	}
+	return s
+}
+
+// explained is the explained variance of a basis at ExplainedFractions of
+// its dimension (nil for a missing basis).
+func explained(b *kvfile.Basis) []float64 {
+	if b == nil {
+		return nil
+	}
+	var out []float64
+	for _, f := range ExplainedFractions {
+		out = append(out, b.ExplainedVariance(-1, int(f*float64(b.Dim))))
+	}
+	return out
+}

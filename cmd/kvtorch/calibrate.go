@@ -3,10 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/kvtorch/kvtorch"
-	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
 	"github.com/urfave/cli/v2"
 )
@@ -50,32 +48,11 @@ var calibrateCommand = &cli.Command{
 }
 
 func calibrateAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("calibrate takes no arguments (texts go in --texts)")
-	}
-	if err := nonNegative(c, "num-samples", "min-tokens", "sinks", "batch-size", "seq-len"); err != nil {
-		return err
-	}
-	if c.Bool("stats-only") && c.String("stats-out") == "" {
-		return usagef("--stats-only needs --stats-out")
-	}
-	if err := checkDevice(c); err != nil {
-		return err
-	}
-	model, err := modelPath(c)
+	a, err := calibrateArgsOf(c)
 	if err != nil {
 		return err
 	}
-	texts := textPaths(c, "calib")
-	out := c.String("output")
-	if c.Bool("stats-only") {
-		out = ""
-	}
-	if err := checkOutputs(append([]string{model}, files(texts)...),
-		output{"output", out}, output{"stats-out", c.String("stats-out")}, output{"plot", c.String("plot")}); err != nil {
-		return err
-	}
-	corpus, err := readTexts(c, texts)
+	corpus, err := readTexts(c, a.texts)
 	if err != nil {
 		return err
 	}
@@ -88,24 +65,18 @@ func calibrateAction(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "kvtorch: note: %s was exported without the kv method: calibration runs the full forward, LM head included (export it again with this kvtorch to calibrate faster)\n", m.Path)
 	}
 	prog := newProgress(c.App.ErrWriter, c.Bool("quiet"), 0)
-	res, err := kvtorch.Calibrate(c.Context, m, corpus, kvtorch.CalibrateOptions{
-		MaxLength: c.Int("seq-len"), BatchSize: c.Int("batch-size"), NumSamples: c.Int("num-samples"), Seed: c.Uint64("seed"),
-		MinTokens: orNone(c.Int("min-tokens")), Accumulate: c.String("accumulate"), Method: c.String("method"),
-		SharedHeads: c.Bool("shared-heads"), Sinks: orNone(c.Int("sinks")), StatsOnly: c.Bool("stats-only"),
-	}, prog.event)
+	res, err := kvtorch.Calibrate(c.Context, m, corpus, a.opts, prog.event)
 	prog.finish()
 	if err != nil {
 		return err
 	}
-	for _, s := range res.Skipped {
-		if !c.Bool("quiet") {
+	if !c.Bool("quiet") {
+		for _, s := range res.Skipped {
 			fmt.Fprintf(c.App.ErrWriter, "kvtorch: warning: skipped %s: %d tokens, fewer than --min-tokens %d\n", s.Source, s.Tokens, c.Int("min-tokens"))
 		}
 	}
-	if p := c.String("stats-out"); p != "" {
-		if err := res.Stats.Save(p); err != nil {
-			return err
-		}
+	if err := writeCalibration(c, res, a.output); err != nil {
+		return err
 	}
 	if res.Calibration == nil {
 		if !c.Bool("quiet") {
@@ -113,15 +84,66 @@ func calibrateAction(c *cli.Context) error {
 		}
 		return nil
 	}
+	return report(c, res, a.output)
+}
+
+// calibrateArgs are calibrate's flags: the texts, the calibration's file
+// ("" with --stats-only) and the options.
+type calibrateArgs struct {
+	texts  []string
+	output string
+	opts   kvtorch.CalibrateOptions
+}
+
+// calibrateArgsOf reads calibrate's flags and checks its outputs against
+// its inputs, before any work.
+func calibrateArgsOf(c *cli.Context) (calibrateArgs, error) {
+	if c.NArg() > 0 {
+		return calibrateArgs{}, usagef("calibrate takes no arguments (texts go in --texts)")
+	}
+	if err := nonNegative(c, "num-samples", "min-tokens", "sinks", "batch-size", "seq-len"); err != nil {
+		return calibrateArgs{}, err
+	}
+	if c.Bool("stats-only") && c.String("stats-out") == "" {
+		return calibrateArgs{}, usagef("--stats-only needs --stats-out")
+	}
+	if err := checkDevice(c); err != nil {
+		return calibrateArgs{}, err
+	}
+	model, err := modelPath(c)
+	if err != nil {
+		return calibrateArgs{}, err
+	}
+	a := calibrateArgs{texts: textPaths(c, "calib"), output: c.String("output"), opts: kvtorch.CalibrateOptions{
+		MaxLength: c.Int("seq-len"), BatchSize: c.Int("batch-size"), NumSamples: c.Int("num-samples"), Seed: c.Uint64("seed"),
+		MinTokens: orNone(c.Int("min-tokens")), Accumulate: c.String("accumulate"), Method: c.String("method"),
+		SharedHeads: c.Bool("shared-heads"), Sinks: orNone(c.Int("sinks")), StatsOnly: c.Bool("stats-only"),
+	}}
+	if c.Bool("stats-only") {
+		a.output = ""
+	}
+	return a, checkOutputs(append([]string{model}, files(a.texts)...),
+		output{"output", a.output}, output{"stats-out", c.String("stats-out")}, output{"plot", c.String("plot")})
+}
+
+// writeCalibration writes what calibrate made: the statistics (--stats-out),
+// the calibration (unless --stats-only) and its spectra (--plot).
+func writeCalibration(c *cli.Context, res *kvtorch.CalibrateResult, out string) error {
+	if p := c.String("stats-out"); p != "" {
+		if err := res.Stats.Save(p); err != nil {
+			return err
+		}
+	}
+	if res.Calibration == nil {
+		return nil
+	}
 	if err := res.Calibration.Save(out); err != nil {
 		return err
 	}
 	if p := c.String("plot"); p != "" {
-		if err := plot.Spectra(p, res.Calibration); err != nil {
-			return err
-		}
+		return plot.Spectra(p, res.Calibration)
 	}
-	return report(c, res.Calibration, out, res.Elapsed, len(res.Skipped))
+	return nil
 }
 
 // orNone maps --sinks 0 (the count: none) to kvtorch.NoSinks, as the
@@ -133,46 +155,14 @@ func orNone(v int) int {
 	return v
 }
 
-// summaryFractions are the fractions of each basis's dimension at which
-// summaries show explained variance.
-var summaryFractions = []float64{0.25, 0.5, 0.75}
-
-// explained is the explained variance of a basis at summaryFractions of its
-// dimension (nil for a missing basis).
-func explained(b *kvfile.Basis) []float64 {
-	if b == nil {
-		return nil
-	}
-	var out []float64
-	for _, f := range summaryFractions {
-		out = append(out, b.ExplainedVariance(-1, int(f*float64(b.Dim))))
-	}
-	return out
-}
-
 // report prints the summary on stderr (unless --quiet) and JSON on stdout (--json).
-func report(c *cli.Context, cal *kvfile.Calibration, out string, elapsed time.Duration, skipped int) error {
-	secs := elapsed.Seconds()
-	type sideSummary struct {
-		PerHead []float64 `json:"per_head"`
-		Joint   []float64 `json:"joint,omitempty"`
-	}
-	type layerSummary struct {
-		Layer int         `json:"layer"`
-		K     sideSummary `json:"k"`
-		V     sideSummary `json:"v"`
-	}
-	var layers []layerSummary
-	for l, pair := range cal.Layers {
-		layers = append(layers, layerSummary{Layer: l,
-			K: sideSummary{explained(pair[0].PerHead), explained(pair[0].Joint)},
-			V: sideSummary{explained(pair[1].PerHead), explained(pair[1].Joint)}})
-	}
+func report(c *cli.Context, res *kvtorch.CalibrateResult, out string) error {
+	sum := res.Summary(out)
 	if !c.Bool("quiet") {
 		w := c.App.ErrWriter
+		cal := res.Calibration
 		fmt.Fprintf(w, "calibrated %s (%s, %v) on %s: %d tokens in %.1fs (%s tok/s), the first %d of each sequence left out; wrote %s\n",
-			cal.Model.File, cal.Model.KVSource, cal.Geometry, cal.Options.Device, cal.Tokens, secs,
-			humanCount(float64(cal.Tokens)/max(secs, 1e-9)), cal.Options.Sinks, out)
+			sum.Model, sum.KVSource, cal.Geometry, sum.Device, sum.Tokens, sum.Seconds, humanCount(sum.TokensPerSecond), sum.Sinks, out)
 		fmt.Fprintln(w, "explained variance at 1/4, 1/2 and 3/4 of the dimension, per KV head (mean) and joint over the heads:")
 		row := func(xs []float64) string {
 			s := ""
@@ -181,17 +171,12 @@ func report(c *cli.Context, cal *kvfile.Calibration, out string, elapsed time.Du
 			}
 			return s
 		}
-		for _, ls := range layers {
+		for _, ls := range sum.Layers {
 			fmt.Fprintf(w, "  layer %2d  K%s  joint%s   V%s  joint%s\n", ls.Layer, row(ls.K.PerHead), row(ls.K.Joint), row(ls.V.PerHead), row(ls.V.Joint))
 		}
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, map[string]any{
-			"output": out, "model": cal.Model.File, "model_sha256": cal.Model.SHA256, "kv_source": cal.Model.KVSource,
-			"device": cal.Options.Device, "tokens": cal.Tokens, "sinks": cal.Options.Sinks, "seconds": secs,
-			"tokens_per_second": float64(cal.Tokens) / max(secs, 1e-9), "skipped_documents": skipped,
-			"explained_fractions": summaryFractions, "explained_variance": layers,
-		})
+		return writeJSON(c.App.Writer, sum)
 	}
 	return nil
 }

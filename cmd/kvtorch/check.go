@@ -42,102 +42,91 @@ type checkFailure struct{ reason string }
 func (e checkFailure) Error() string { return "check failed: " + e.reason }
 
 func checkAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("check takes no arguments")
-	}
-	if err := nonNegative(c, "seq-len", "max-tokens", "batch-size"); err != nil {
-		return err
-	}
-	if err := checkDevice(c); err != nil {
-		return err
-	}
-	presetPath := c.String("preset")
-	if presetPath == "" {
-		return usagef("check needs --preset PRESET.json")
-	}
-	budget := c.Float64("max-ppl-delta")
-	if c.IsSet("max-ppl-delta") && kvtorch.CheckBudget(budget) != nil {
-		return usagef("--max-ppl-delta %v: want a fraction in (0, %d], e.g. 0.05", budget, kvtorch.MaxBudget)
-	}
-	p, err := kvfile.LoadPreset(presetPath)
+	a, p, err := checkArgsOf(c)
 	if err != nil {
 		return err
 	}
-	if !c.IsSet("max-ppl-delta") {
-		if p.TargetPPLDelta == nil {
-			return usagef("the preset has no target_ppl_delta: give --max-ppl-delta")
+	report := kvtorch.Report{Preset: c.String("preset"), Budget: a.budget}
+	s, err := openSession(c, a) // a changed model or calibration fails the gate before any measurement
+	if err == nil {
+		defer s.Close()
+		s.SetSteps(1)
+		report, err = s.CheckPreset(c.Context, p, a.budget)
+		report.Preset = c.String("preset")
+	}
+	if errors.Is(err, kvtorch.ErrOverBudget) || errors.Is(err, kvtorch.ErrMismatch) {
+		if report.Reason == "" {
+			report.Reason = strings.TrimPrefix(err.Error(), "kvtorch: ")
 		}
-		budget = *p.TargetPPLDelta
-		if err := kvtorch.CheckBudget(budget); err != nil {
-			return fmt.Errorf("preset %s: %w", presetPath, err)
-		}
-	}
-	a := sessionArgs{model: c.String("model"), calibration: c.String("calibration"),
-		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
-			Context: p.ContextLength},
-		budget: budget, quiet: c.Bool("quiet") || c.Bool("json")}
-	if a.model == "" {
-		a.model = resolveNear(p.ModelFile, presetPath)
-	}
-	if a.calibration == "" {
-		a.calibration = resolveNear(p.CalibrationFile, presetPath)
-	}
-	if ts := c.StringSlice("texts"); len(ts) > 0 {
-		a.kinds = [][]string{ts}
-	} else { // each kind the preset was tuned on (its eval texts, for presets before kinds)
-		kinds := p.Kinds
-		if len(kinds) == 0 {
-			kinds = []kvfile.Measurement{{EvalInfo: p.Eval}}
-		}
-		for _, k := range kinds {
-			var paths []string
-			for _, t := range k.Texts {
-				paths = append(paths, resolveNear(t.Path, presetPath))
-			}
-			a.kinds = append(a.kinds, paths)
-		}
-	}
-	if a.opts.SeqLen == 0 {
-		a.opts.SeqLen = p.Eval.SeqLen
-	}
-	if !c.IsSet("max-tokens") { // as many as the preset was measured on, per kind
-		a.opts.MaxTokens = p.Eval.Tokens
-		for _, k := range p.Kinds {
-			a.opts.MaxTokens = max(a.opts.MaxTokens, k.Tokens)
-		}
-	}
-	a.preset = p
-	report := kvtorch.Report{Preset: presetPath, Budget: budget}
-	fail := func(reason string) error {
-		report.Preset, report.Pass, report.Reason = presetPath, false, reason
+		report.Pass = false
 		if c.Bool("json") {
 			writeJSON(c.App.Writer, report)
 		}
-		return checkFailure{reason}
-	}
-	// A changed model or calibration fails the gate before any measurement.
-	s, err := openSession(c, a)
-	if errors.Is(err, kvtorch.ErrMismatch) {
-		return fail(strings.TrimPrefix(err.Error(), "kvtorch: "))
+		return checkFailure{report.Reason}
 	}
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	s.SetSteps(1)
-	report, err = s.CheckPreset(c.Context, p, budget)
-	switch {
-	case errors.Is(err, kvtorch.ErrOverBudget), errors.Is(err, kvtorch.ErrMismatch):
-		return fail(report.Reason)
-	case err != nil:
-		return err
-	}
-	report.Preset = presetPath
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, report)
 	}
 	m := report.Measurement
 	fmt.Fprintf(c.App.Writer, "check passed: perplexity %.4f -> %.4f (%+.2f%%, budget %+.2f%%), compression %.2fx at a context of %d, seq-len %d, %d tokens\n",
-		report.Baseline, m.PPL, 100*m.Delta, 100*budget, m.Ratio, p.ContextLength, report.SeqLen, report.Tokens)
+		report.Baseline, m.PPL, 100*m.Delta, 100*a.budget, m.Ratio, p.ContextLength, report.SeqLen, report.Tokens)
 	return nil
+}
+
+// checkArgsOf reads check's flags and the preset: what it names, unless a
+// flag says otherwise.
+func checkArgsOf(c *cli.Context) (sessionArgs, *kvfile.Preset, error) {
+	if c.NArg() > 0 {
+		return sessionArgs{}, nil, usagef("check takes no arguments")
+	}
+	if err := nonNegative(c, "seq-len", "max-tokens", "batch-size"); err != nil {
+		return sessionArgs{}, nil, err
+	}
+	if err := checkDevice(c); err != nil {
+		return sessionArgs{}, nil, err
+	}
+	path := c.String("preset")
+	if path == "" {
+		return sessionArgs{}, nil, usagef("check needs --preset PRESET.json")
+	}
+	budget := c.Float64("max-ppl-delta")
+	if c.IsSet("max-ppl-delta") && kvtorch.CheckBudget(budget) != nil {
+		return sessionArgs{}, nil, usagef("--max-ppl-delta %v: want a fraction in (0, %d], e.g. 0.05", budget, kvtorch.MaxBudget)
+	}
+	p, err := kvfile.LoadPreset(path)
+	if err != nil {
+		return sessionArgs{}, nil, err
+	}
+	in := kvtorch.InputsOf(p, path)
+	if !c.IsSet("max-ppl-delta") {
+		if p.TargetPPLDelta == nil {
+			return sessionArgs{}, nil, usagef("the preset has no target_ppl_delta: give --max-ppl-delta")
+		}
+		if budget = in.Budget; kvtorch.CheckBudget(budget) != nil {
+			return sessionArgs{}, nil, fmt.Errorf("preset %s: %w", path, kvtorch.CheckBudget(budget))
+		}
+	}
+	a := sessionArgs{model: c.String("model"), calibration: c.String("calibration"), kinds: in.Kinds, preset: p,
+		opts: kvtorch.EvalOptions{SeqLen: c.Int("seq-len"), MaxTokens: c.Int("max-tokens"), BatchSize: c.Int("batch-size"),
+			Context: in.Context},
+		budget: budget, quiet: c.Bool("quiet") || c.Bool("json")}
+	if a.model == "" {
+		a.model = in.Model
+	}
+	if a.calibration == "" {
+		a.calibration = in.Calibration
+	}
+	if ts := c.StringSlice("texts"); len(ts) > 0 {
+		a.kinds = [][]string{ts}
+	}
+	if a.opts.SeqLen == 0 {
+		a.opts.SeqLen = in.SeqLen
+	}
+	if !c.IsSet("max-tokens") {
+		a.opts.MaxTokens = in.MaxTokens
+	}
+	return a, p, nil
 }

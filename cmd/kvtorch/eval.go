@@ -133,131 +133,96 @@ func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
 	return s, nil
 }
 
-type evalRow struct {
-	Label string  `json:"label"`
-	PPL   float64 `json:"ppl"`
-	Delta float64 `json:"ppl_delta"`
-	Low   float64 `json:"ppl_delta_low"`  // a 90% interval of the delta
-	High  float64 `json:"ppl_delta_high"` // (block bootstrap over the tokens)
-	Ratio float64 `json:"compression_ratio"`
-}
-
 func evalAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("eval takes no arguments")
-	}
-	if err := nonNegative(c, "rank-k", "rank-v", "sinks"); err != nil {
-		return err
-	}
-	if b := c.Int("bits"); !compress.ValidBits(b) {
-		return usagef("--bits %d: want 16, 8 or 4", b)
-	}
-	target, err := compress.ParseTarget(c.String("target"))
+	a, want, err := evalArgsOf(c)
 	if err != nil {
 		return err
-	}
-	basis, err := compress.ParseBasis(c.String("basis"))
-	if err != nil {
-		return err
-	}
-	var ranks []int
-	if c.String("ranks") != "" {
-		if ranks, err = compress.ParseInts(c.String("ranks")); err != nil {
-			return err
-		}
-	}
-	a, err := sessionArgsOf(c)
-	if err != nil {
-		return err
-	}
-	var preset *kvfile.Preset // read once, before anything is loaded
-	if p := c.String("preset"); p != "" {
-		if preset, err = kvfile.LoadPreset(p); err != nil {
-			return err
-		}
-		if !c.IsSet("calibration") {
-			a.calibration = resolveNear(preset.CalibrationFile, p)
-		}
-		a.preset = preset
-	}
-	a.quiet = c.Bool("json")
-	if out := c.String("output"); out != "" {
-		if ranks != nil || c.String("preset") != "" {
-			return usagef("--output writes one setting: give --rank-k, --rank-v and --bits, not --ranks or --preset")
-		}
-		a.outputs = []output{{"output", out}}
-		a.inputs = []string{c.String("preset")}
 	}
 	s, err := openSession(c, a)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	g := s.Model.Geometry()
-	var settings []compress.Setting
-	var labels []string
-	switch {
-	case preset != nil:
-		settings, labels = []compress.Setting{preset.Setting()}, []string{"preset " + filepath.Base(c.String("preset"))}
-	case ranks != nil:
-		for _, r := range ranks {
-			side := compress.Side{Basis: basis, Rank: r, Bits: c.Int("bits")}
-			if err := side.Validate(g, compress.V); target[compress.V] && err != nil {
-				return err
-			}
-			if err := side.Validate(g, compress.K); target[compress.K] && err != nil {
-				return err
-			}
-			settings = append(settings, compress.Uniform(g, target, side, c.Int("sinks")))
-			labels = append(labels, fmt.Sprintf("%s rank %d (%s), %d-bit, %d sinks", basis, r, target, c.Int("bits"), c.Int("sinks")))
-		}
-	default:
-		rk, rv, bits := c.Int("rank-k"), c.Int("rank-v"), c.Int("bits")
-		st, err := compress.Fixed(g, basis, rk, rv, bits, c.Int("sinks"))
-		if err != nil {
-			return err
-		}
-		settings = []compress.Setting{st}
-		labels = []string{fmt.Sprintf("%s rank k %s v %s, %d-bit, %d sinks", basis, rankLabel(rk), rankLabel(rv), bits, st.Sinks)}
+	settings, labels, err := want.Settings(s.Model.Geometry())
+	if err != nil {
+		return err
 	}
-	rows := []evalRow{{"uncompressed", s.Baseline, 0, 0, 0, 1}}
 	s.SetSteps(len(settings))
-	for i, st := range settings {
-		m, err := s.MeasureSetting(c.Context, st, labels[i])
+	r, err := s.Eval(c.Context, settings, labels)
+	if err != nil {
+		return err
+	}
+	if out := c.String("output"); out != "" {
+		p, err := s.EvalPreset(r, want.Target)
 		if err != nil {
 			return err
 		}
-		rows = append(rows, evalRow{m.Label, m.PPL, m.Delta, m.Low, m.High, m.Ratio})
-		if out := c.String("output"); out != "" {
-			p := s.Preset(st, m, target)
-			p.Search = &kvfile.SearchInfo{Method: "kvtorch eval: " + labels[i], Evaluations: s.Evaluations}
-			if err := p.Save(out); err != nil {
-				return err
-			}
+		if err := p.Save(out); err != nil {
+			return err
 		}
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, map[string]any{"model": s.Model.Path, "model_sha256": s.Model.SHA256,
-			"calibration": s.Source.Path, "calibration_sha256": s.Source.SHA256, "seq_len": s.Windows.SeqLen,
-			"tokens": s.Windows.Tokens(), "context": s.Options.Context, "eval_sha256": s.Windows.SHA256,
-			"baseline_ppl": s.Baseline, "rows": rows})
+		return writeJSON(c.App.Writer, r)
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "model %s, calibration %s\n", s.Model.Path, s.Source.Path)
+	fmt.Fprintf(w, "model %s, calibration %s\n", r.Model, r.Calibration)
 	fmt.Fprintf(w, "evaluation: %d files (sha256 %.16s…), seq-len %d, %d tokens; ratios at a context of %d tokens\n",
-		len(s.Windows.Files), s.Windows.SHA256, s.Windows.SeqLen, s.Windows.Tokens(), s.Options.Context)
-	printRows(w, rows)
+		r.Files, r.EvalSHA256, r.SeqLen, r.Tokens, r.Context)
+	printRows(w, r.Rows)
 	return nil
 }
 
-func rankLabel(r int) string {
-	if r == 0 {
-		return "full"
+// evalArgsOf reads eval's flags: the session, and what to measure.
+func evalArgsOf(c *cli.Context) (sessionArgs, kvtorch.EvalSettings, error) {
+	var e kvtorch.EvalSettings
+	if c.NArg() > 0 {
+		return sessionArgs{}, e, usagef("eval takes no arguments")
 	}
-	return fmt.Sprint(r)
+	if err := nonNegative(c, "rank-k", "rank-v", "sinks"); err != nil {
+		return sessionArgs{}, e, err
+	}
+	e.RankK, e.RankV, e.Bits, e.Sinks = c.Int("rank-k"), c.Int("rank-v"), c.Int("bits"), c.Int("sinks")
+	if !compress.ValidBits(e.Bits) {
+		return sessionArgs{}, e, usagef("--bits %d: want 16, 8 or 4", e.Bits)
+	}
+	var err error
+	if e.Target, err = compress.ParseTarget(c.String("target")); err != nil {
+		return sessionArgs{}, e, err
+	}
+	if e.Basis, err = compress.ParseBasis(c.String("basis")); err != nil {
+		return sessionArgs{}, e, err
+	}
+	if c.String("ranks") != "" {
+		if e.Ranks, err = compress.ParseInts(c.String("ranks")); err != nil {
+			return sessionArgs{}, e, err
+		}
+	}
+	a, err := sessionArgsOf(c)
+	if err != nil {
+		return a, e, err
+	}
+	a.quiet = c.Bool("json")
+	if p := c.String("preset"); p != "" { // read once, before anything is loaded
+		if e.Preset, err = kvfile.LoadPreset(p); err != nil {
+			return a, e, err
+		}
+		e.PresetName = filepath.Base(p)
+		if !c.IsSet("calibration") {
+			a.calibration = kvtorch.InputsOf(e.Preset, p).Calibration
+		}
+		a.preset = e.Preset
+	}
+	if out := c.String("output"); out != "" {
+		if e.Ranks != nil || e.Preset != nil {
+			return a, e, usagef("--output writes one setting: give --rank-k, --rank-v and --bits, not --ranks or --preset")
+		}
+		a.outputs = []output{{"output", out}}
+		a.inputs = []string{c.String("preset")}
+	}
+	return a, e, nil
 }
 
-func printRows(w io.Writer, rows []evalRow) {
+func printRows(w io.Writer, rows []kvtorch.EvalRow) {
 	fmt.Fprintf(w, "%-48s %10s %9s %19s %8s\n", "setting", "perplexity", "delta", "90% interval", "ratio")
 	for _, r := range rows {
 		fmt.Fprintf(w, "%-48s %10.4f %+8.2f%% %+8.2f%% %+8.2f%% %7.2fx\n", r.Label, r.PPL, 100*r.Delta, 100*r.Low, 100*r.High, r.Ratio)

@@ -193,18 +193,6 @@ func readTexts(c *cli.Context, paths []string) (*texts.Corpus, error) {
 	return corpus, nil
 }
 
-// resolveNear returns path as is when it exists (or is absolute), else
-// relative to the folder of the file ref (a preset next to its calibration).
-func resolveNear(path, ref string) string {
-	if filepath.IsAbs(path) {
-		return path
-	}
-	if _, err := os.Stat(path); err == nil {
-		return path
-	}
-	return filepath.Join(filepath.Dir(ref), path)
-}
-
 // checkDevice refuses a --device that names no device kvtorch knows (exit
 // 2), before any work; whether the device exists is checked when it is used.
 func checkDevice(c *cli.Context) error {

@@ -2,11 +2,8 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/kvtorch/kvtorch"
-	"github.com/kvtorch/kvtorch/kvfile"
-	"github.com/kvtorch/kvtorch/torch"
 	"github.com/urfave/cli/v2"
 )
 
@@ -42,47 +39,22 @@ var mergeCommand = &cli.Command{
 		if err := checkOutputs(c.Args().Slice(), output{"output", out}, output{"stats-out", c.String("stats-out")}); err != nil {
 			return err
 		}
-		var dev torch.Device
-		if !c.Bool("stats-only") {
-			if err := checkDevice(c); err != nil {
-				return err
-			}
-			dev, _ = torch.ParseDevice(c.String("device"))
-			if err := dev.Check(); err != nil {
-				return err
-			}
+		if err := checkDevice(c); err != nil && !c.Bool("stats-only") {
+			return err
 		}
-		start := time.Now()
-		var shards []*kvfile.Stats
-		for _, p := range c.Args().Slice() {
-			s, err := kvfile.LoadStats(p)
-			if err != nil {
-				return err
-			}
-			shards = append(shards, s)
-		}
-		merged, err := kvfile.MergeStats(shards)
+		res, err := kvtorch.Merge(c.Context, c.Args().Slice(), c.String("device"), c.Bool("stats-only"))
 		if err != nil {
 			return err
 		}
-		if p := c.String("stats-out"); p != "" {
-			if err := merged.Save(p); err != nil {
-				return err
-			}
+		if err := writeCalibration(c, res, out); err != nil {
+			return err
 		}
-		if c.Bool("stats-only") {
+		if res.Calibration == nil {
 			if !c.Bool("quiet") {
-				fmt.Fprintf(c.App.ErrWriter, "merged %d shards, %d tokens; wrote statistics %s\n", len(shards), merged.Tokens(), c.String("stats-out"))
+				fmt.Fprintf(c.App.ErrWriter, "merged %d shards, %d tokens; wrote statistics %s\n", c.NArg(), res.Stats.Tokens(), c.String("stats-out"))
 			}
 			return nil
 		}
-		cal, err := kvtorch.FromStats(c.Context, merged, dev)
-		if err != nil {
-			return err
-		}
-		if err := cal.Save(out); err != nil {
-			return err
-		}
-		return report(c, cal, out, time.Since(start), 0)
+		return report(c, res, out)
 	},
 }

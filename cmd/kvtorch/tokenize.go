@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/kvtorch/kvtorch/kvfile"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/tokenizer"
 	"github.com/urfave/cli/v2"
 )
@@ -55,6 +56,12 @@ func tokenizeAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	return writeIDs(c, out, tok, corpus)
+}
+
+// writeIDs writes the ids of every document of corpus: a line of ids each,
+// or JSONL with --json.
+func writeIDs(c *cli.Context, out *bufio.Writer, tok *tokenizer.Tokenizer, corpus *texts.Corpus) error {
 	enc := json.NewEncoder(out)
 	for _, d := range corpus.Docs {
 		if err := c.Context.Err(); err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
-	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/tune"
 	"github.com/urfave/cli/v2"
 )
@@ -52,33 +51,67 @@ var tuneCommand = &cli.Command{
 }
 
 func tuneAction(c *cli.Context) error {
+	a, o, err := tuneArgsOf(c)
+	if err != nil {
+		return err
+	}
+	s, err := openSession(c, a)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if !c.Bool("quiet") {
+		for _, k := range s.Kinds {
+			fmt.Fprintf(c.App.ErrWriter, "baseline perplexity %.4f on %s (seq-len %d, %d tokens from %d documents); budget %+.1f%%\n",
+				k.Baseline, k.Name, k.Windows.SeqLen, k.Windows.Tokens(), len(k.Windows.Documents), 100*o.Budget)
+		}
+	}
+	p, res, err := s.Tune(c.Context, o)
+	if err != nil {
+		return err
+	}
+	if err := p.Save(c.String("output")); err != nil {
+		return err
+	}
+	if err := writeCandidates(c, res, o.Budget); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, p)
+	}
+	printPreset(c.App.Writer, p, c.String("output"))
+	return nil
+}
+
+// tuneArgsOf reads tune's flags: the session (each --texts a kind) and the
+// search, with the other kinds to check the chosen preset on.
+func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
+	o := kvtorch.TuneOptions{Budget: c.Float64("target-ppl-delta"), Sinks: orNone(c.Int("sinks")), Uniform: c.Bool("uniform"),
+		MaxEvaluations: c.Int("max-evaluations")}
 	if c.NArg() > 0 {
-		return usagef("tune takes no arguments")
+		return sessionArgs{}, o, usagef("tune takes no arguments")
 	}
-	budget := c.Float64("target-ppl-delta")
-	if err := kvtorch.CheckBudget(budget); err != nil {
-		return usagef("--target-ppl-delta %v: want a fraction in (0, %d], e.g. 0.05", budget, kvtorch.MaxBudget)
+	if err := kvtorch.CheckBudget(o.Budget); err != nil {
+		return sessionArgs{}, o, usagef("--target-ppl-delta %v: want a fraction in (0, %d], e.g. 0.05", o.Budget, kvtorch.MaxBudget)
 	}
-	bits, err := compress.ParseBits(c.String("bits"))
-	if err != nil {
-		return err
+	var err error
+	if o.Bits, err = compress.ParseBits(c.String("bits")); err != nil {
+		return sessionArgs{}, o, err
 	}
-	target, err := compress.ParseTarget(c.String("target"))
-	if err != nil {
-		return err
+	if o.Target, err = compress.ParseTarget(c.String("target")); err != nil {
+		return sessionArgs{}, o, err
 	}
-	basis, err := compress.ParseBasis(c.String("basis"))
-	if err != nil {
-		return err
+	if o.Basis, err = compress.ParseBasis(c.String("basis")); err != nil {
+		return sessionArgs{}, o, err
 	}
 	if err := nonNegative(c, "sinks", "max-evaluations"); err != nil {
-		return err
+		return sessionArgs{}, o, err
 	}
 	a, err := sessionArgsOf(c)
 	if err != nil {
-		return err
+		return a, o, err
 	}
-	a.budget, a.quiet = budget, c.Bool("quiet")
+	a.budget, a.quiet = o.Budget, c.Bool("quiet")
 	if ts := c.StringSlice("texts"); len(ts) > 1 { // each --texts a kind
 		a.kinds = nil
 		for _, t := range ts {
@@ -87,42 +120,14 @@ func tuneAction(c *cli.Context) error {
 	}
 	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}}
 	a.inputs = files(c.StringSlice("check-texts"))
-	var checks []*texts.Corpus
 	for _, p := range c.StringSlice("check-texts") {
 		ct, err := readTexts(c, []string{p})
 		if err != nil {
-			return err
+			return a, o, err
 		}
-		checks = append(checks, ct)
+		o.Checks = append(o.Checks, ct)
 	}
-	s, err := openSession(c, a)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	stderr := c.App.ErrWriter
-	if !c.Bool("quiet") {
-		for _, k := range s.Kinds {
-			fmt.Fprintf(stderr, "baseline perplexity %.4f on %s (seq-len %d, %d tokens from %d documents); budget %+.1f%%\n",
-				k.Baseline, k.Name, k.Windows.SeqLen, k.Windows.Tokens(), len(k.Windows.Documents), 100*budget)
-		}
-	}
-	p, res, err := s.Tune(c.Context, kvtorch.TuneOptions{Budget: budget, Target: target, Bits: bits, Basis: basis,
-		Sinks: orNone(c.Int("sinks")), Uniform: c.Bool("uniform"), Checks: checks, MaxEvaluations: c.Int("max-evaluations")})
-	if err != nil {
-		return err
-	}
-	if err := p.Save(c.String("output")); err != nil {
-		return err
-	}
-	if err := writeCandidates(c, res, budget); err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		return writeJSON(c.App.Writer, p)
-	}
-	printPreset(c.App.Writer, p, c.String("output"))
-	return nil
+	return a, o, nil
 }
 
 // writeCandidates writes --candidates (JSON) and --plot (PNG).
