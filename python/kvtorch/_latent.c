@@ -379,8 +379,9 @@ INLINE float level(float x, float step, float levels) {
 /* Writes z [B, G, t, r] (float32, contiguous; r coordinates, w = r, or
  * (r + 1) / 2 bytes when packed) at tokens start .. start+t-1 of dst, stored
  * as kvtorch.preset's compress stores it: rounded to float16, or quantized
- * per token to 8 or 4 bits (absmax: step = max |z| / levels in float32, the
- * values rounded half to even, the step kept as float16). */
+ * by the rule stated in kvtorch/preset.py's docs (per token, absmax: step =
+ * max |z| / levels in float32, the values rounded half to even, the step
+ * kept as float16). */
 void kvt_store(const kvt_latents *dst, const float *z, int64_t t, int64_t r, int64_t start) {
     const int64_t size = dst->kind == 16 ? 2 : 1, bgs = dst->batch * dst->groups;
     const float levels = dst->kind == 8 ? 127.0f : 7.0f;

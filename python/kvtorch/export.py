@@ -18,13 +18,12 @@ import glob
 import json
 import os
 import re
-import sys
 import tempfile
 
 import torch
 from torch import nn
 
-from kvtorch import gguf_tokenizer
+from kvtorch import attention, gguf_tokenizer
 from kvtorch.cli import Parser, run
 from kvtorch.hook import FORMAT_VERSION, KVHook
 
@@ -91,11 +90,11 @@ class CaptureHook(nn.Module):
         return hooked.transpose(1, 2).reshape(shape)
 
 
-def kvtorch_attention(module, query, key, value, attention_mask, **kwargs):
+def traced_attention(module, query, key, value, attention_mask, **kwargs):
     """The attention of exported models: for post-RoPE keys, the true K and V
     are kept on the module and the hooked ones go to the attention the model
-    would have used (sdpa, or its eager function for soft-capping); the
-    attention whose output no method needs (Mode.skip) gives zeros."""
+    would have used (kvtorch.attention); the attention whose output no
+    method needs (Mode.skip) gives zeros."""
     mode = module.kvtorch_mode
     if module.kvtorch_post:
         module.kvtorch_k, module.kvtorch_v = key, value
@@ -104,17 +103,8 @@ def kvtorch_attention(module, query, key, value, attention_mask, **kwargs):
         return query.new_zeros(b, t, h, value.shape[-1]), None
     if module.kvtorch_post and not mode.bare:
         key, value = module.k_hook(key), module.v_hook(value)
-    if module.kvtorch_inner == "eager":
-        inner = sys.modules[type(module).__module__].eager_attention_forward
-    else:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
+    inner, _ = attention.inner(module)
     return inner(module, query, key, value, attention_mask, **kwargs)
-
-
-def attention_implementation(cfg):
-    """sdpa, or eager where the model soft-caps attention logits (Gemma 2),
-    which sdpa cannot."""
-    return "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
 
 
 # The methods an export has besides forward (kvtorch.json "methods"): kv
@@ -207,11 +197,11 @@ def install_hooks(model, kv_source, mode):
         return dk, dv, heads
     heads = cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    impl = attention_implementation(cfg)
+    impl = attention.implementation(cfg)
     for a in atts:
         a.k_hook = KVHook(heads, d)
         a.v_hook = KVHook(heads, d)
-        a.kvtorch_inner, a.kvtorch_mode, a.kvtorch_post = impl, mode, kv_source == "post_rope"
+        a.kvtorch_mode, a.kvtorch_post = mode, kv_source == "post_rope"
         if kv_source == "pre_rope":
             if hasattr(a, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm on keys before RoPE
                 a.k_norm = CaptureHook(a.k_norm, a, "k_hook", heads, d, KEY_NORM_LAYOUT[mt], mode)
@@ -225,7 +215,7 @@ def install_hooks(model, kv_source, mode):
     # with the masks of the attention it runs: without a mask function of its
     # own, a custom attention gets masks without the sliding window.
     name = f"kvtorch_export_{impl}"
-    AttentionInterface.register(name, kvtorch_attention)
+    AttentionInterface.register(name, traced_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, eager_mask if impl == "eager" else sdpa_mask)
     model.set_attn_implementation(name)
     return d, d, heads

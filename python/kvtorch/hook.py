@@ -9,8 +9,10 @@ vector of E = H * D and computes
     y  = z' @ up + mean                     back to E
     y[t] = x[t] for the first `sink` positions
 
-with quant a per-token absmax rounding to 2^(bits-1) - 1 levels, over each
-head's D coordinates (qhead = 1) or over all E (qhead = 0). A basis per KV
+with quant the quantization rule of kvtorch.preset (stated there once:
+per-token absmax, 2^(bits-1) - 1 levels, rounded half to even), over each
+head's D coordinates (qhead = 1) or over all E (qhead = 0), read back with
+the float32 step. A basis per KV
 head is a block-diagonal down/up; one basis over all heads ("joint") fills
 them. kvtorch overwrites the buffers at run time; with the defaults
 (identity, zero mean, 16 bits, no sinks) the output equals the input

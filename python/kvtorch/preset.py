@@ -24,6 +24,24 @@ scale; sides the preset leaves uncompressed, and the first sink_tokens
 tokens of every sequence, as float16. This is exactly the accounting of the
 preset's bytes (docs/preset-format.md), and exactly what kvtorch eval
 measured.
+
+The quantization rule, stated here once. For the latents z of one token and
+group (float32) and bits b in {8, 4}:
+
+    levels = 2^(b-1) - 1                            127 or 7
+    step   = max(max_i |z_i|, 1e-30) / levels      in float32
+    q      = clamp(round_half_even(z / step), -levels, levels)
+    stored: q as int8 (8 bits), or q + 8 in a nibble (4 bits: even
+            coordinates low, odd ones high, an odd rank padded with 8),
+            and step as float16
+    read:   q * float16(step)
+
+Its copies choose the same levels (python/tests/test_latent.py:
+test_hook_quantizes_as_compress, test_store_quantizes_as_compress): the hook
+of exported models, which kvtorch eval measures (kvtorch.hook.KVHook, and
+its eager twin project_eager: fake quantization, read back with the float32
+step), and the C kernel that quantizes as it stores (kvt_store in
+_latent.c, through latent.store).
 """
 import hashlib
 import os
@@ -34,6 +52,20 @@ import torch
 from kvtorch.files import KVTorchError, load_calibration, load_preset, open_regular
 
 KINDS = {"k": "K", "v": "V"}
+
+
+@dataclass
+class SideSetting:
+    """How a preset stores one side (K or V) of one layer."""
+
+    rank: int  # latents per token (per KV head for a per-head basis, for all heads for a joint one)
+    bits: int  # 16, 8 or 4
+    dim: int  # the head dimension D
+    basis: str  # "head", "joint" or "none" (the elements themselves)
+    compressed: bool  # False: stored as it is (full rank at 16 bits)
+    U: torch.Tensor | None = None  # [H, D, rank] per head, or [H*D, rank] joint
+    mean: torch.Tensor | None = None  # [H, D], or [H*D] joint
+    qscale: torch.Tensor | None = None  # joint: the latents' standard deviations [rank], divided out before quantizing
 
 
 @dataclass
@@ -67,8 +99,9 @@ def _resolve(path, near):
     return os.path.join(os.path.dirname(os.path.abspath(near)), path)
 
 
-def _quantize(z, bits):
-    """Per-token absmax quantization of z [..., r] -> (data, float16 scale)."""
+def _quantize(z: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quantization rule (the module's docs) of z [..., r], a group per
+    row -> (data, float16 scale)."""
     levels = 2 ** (bits - 1) - 1
     step = z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / levels
     # Rounded with the float32 step, as kvtorch's hook rounds (so the same
@@ -83,7 +116,7 @@ def _quantize(z, bits):
     return u[..., 0::2] | (u[..., 1::2] << 4), scale
 
 
-def _dequantize(z):
+def _dequantize(z: Latents) -> torch.Tensor:
     if z.bits == 16:
         return z.data.float()
     if z.bits == 8:
@@ -117,7 +150,7 @@ class Preset:
                 basis = pl.get(f"basis_{kind}", "head")
                 d = p[f"head_dim_{kind}"]
                 full = d * (self.heads if basis == "joint" else 1)
-                side = {"rank": rank, "bits": bits, "dim": d, "basis": basis, "compressed": rank < full or bits < 16}
+                side = SideSetting(rank, bits, d, basis, compressed=rank < full or bits < 16)
                 b = cal["layers"][l][name]
                 if basis == "none":
                     pass  # quantization of the elements themselves
@@ -126,14 +159,15 @@ class Preset:
                         raise KVTorchError(f"{cal_path}: no joint bases (made by an older kvtorch): calibrate again")
                     j = b["joint"]
                     std = j["latent_std"][:rank].double()
-                    side.update(U=j["U"][:, :rank].to(device), mean=j["mean"].to(device),
-                                qscale=torch.where(std > 0, std, torch.ones_like(std)).float().to(device))
+                    side.U, side.mean = j["U"][:, :rank].to(device), j["mean"].to(device)
+                    side.qscale = torch.where(std > 0, std, torch.ones_like(std)).float().to(device)
                 else:
-                    side.update(U=b["U"][:, :, :rank].to(device), mean=b["mean"].to(device))
+                    side.U, side.mean = b["U"][:, :, :rank].to(device), b["mean"].to(device)
                 sides[kind] = side
             self.layers.append(sides)
 
-    def side(self, layer, kind):
+    def side(self, layer: int, kind: str) -> SideSetting:
+        """The setting of side kind ("k" or "v") of layer."""
         if kind not in KINDS:
             raise ValueError(f"kind must be 'k' or 'v', not {kind!r}")
         return self.layers[layer][kind]
@@ -144,16 +178,16 @@ class Preset:
         per token: for a joint basis already divided by the latents'
         standard deviations)."""
         s = self.side(layer, kind)
-        if not s["compressed"]:
-            return x.float(), 16, s["dim"]
-        bits, rank = s["bits"], s["rank"]
-        if s["basis"] == "none":
+        if not s.compressed:
+            return x.float(), 16, s.dim
+        bits, rank = s.bits, s.rank
+        if s.basis == "none":
             return x.float(), bits, rank
-        if s["basis"] == "joint":
+        if s.basis == "joint":
             xf = x.float().transpose(1, 2).flatten(2)[:, None]  # [B, 1, T, E]
-            z = torch.matmul(xf - s["mean"].to(x.device), s["U"].to(x.device))
-            return (z if bits == 16 else z / s["qscale"].to(x.device)), bits, rank
-        return torch.matmul(x.float() - s["mean"][:, None, :].to(x.device), s["U"].to(x.device)), bits, rank
+            z = torch.matmul(xf - s.mean.to(x.device), s.U.to(x.device))
+            return (z if bits == 16 else z / s.qscale.to(x.device)), bits, rank
+        return torch.matmul(x.float() - s.mean[:, None, :].to(x.device), s.U.to(x.device)), bits, rank
 
     def compress(self, layer, kind, x):
         """x [B, H, T, D] -> Latents."""
@@ -166,42 +200,42 @@ class Preset:
     def expand(self, layer, kind, z, dtype=torch.float32):
         """Latents -> [B, H, T, D] in dtype."""
         s = self.side(layer, kind)
-        if not s["compressed"]:
+        if not s.compressed:
             return z.data.to(dtype)
         lat = _dequantize(z)
-        if s["basis"] == "none":
+        if s.basis == "none":
             return lat.to(dtype)
-        U = s["U"].to(lat.device)
-        if s["basis"] == "joint":
+        U = s.U.to(lat.device)
+        if s.basis == "joint":
             if z.bits < 16:
-                lat = lat * s["qscale"].to(lat.device)
-            xf = torch.matmul(lat, U.transpose(-1, -2)) + s["mean"].to(lat.device)  # [B, 1, T, E]
+                lat = lat * s.qscale.to(lat.device)
+            xf = torch.matmul(lat, U.transpose(-1, -2)) + s.mean.to(lat.device)  # [B, 1, T, E]
             b, _, t, _ = xf.shape
-            return xf[:, 0].view(b, t, self.heads, s["dim"]).transpose(1, 2).to(dtype)
-        return (torch.matmul(lat, U.transpose(-1, -2)) + s["mean"][:, None, :].to(lat.device)).to(dtype)
+            return xf[:, 0].view(b, t, self.heads, s.dim).transpose(1, 2).to(dtype)
+        return (torch.matmul(lat, U.transpose(-1, -2)) + s.mean[:, None, :].to(lat.device)).to(dtype)
 
     def hook_buffers(self, layer, kind):
         """The KVHook buffers (kvtorch.hook) that make an exported model
         compute this side as kvtorch eval measured it: float32 tensors by
         buffer name. Sides the preset leaves alone get the identity."""
         s = self.side(layer, kind)
-        h, d = self.heads, s["dim"]
+        h, d = self.heads, s.dim
         e = h * d
         down, mean, qscale, qhead = torch.eye(e), torch.zeros(e), torch.ones(e), 1.0
-        if s["compressed"] and s["basis"] != "none":
+        if s.compressed and s.basis != "none":
             down = torch.zeros(e, e)
-            r = s["rank"]
-            if s["basis"] == "joint":
-                down[:, :r] = s["U"].float().cpu()
-                qscale[:r] = s["qscale"].cpu()
+            r = s.rank
+            if s.basis == "joint":
+                down[:, :r] = s.U.float().cpu()
+                qscale[:r] = s.qscale.cpu()
                 qhead = 0.0
             else:  # block diagonal: head i's latents at columns i*D ..
                 for i in range(h):
-                    down[i * d:(i + 1) * d, i * d:i * d + r] = s["U"][i].float().cpu()
-            mean = s["mean"].float().cpu().flatten()
-        return {"down": down, "up": down.T.contiguous(), "mean": mean, "bits": torch.tensor(float(s["bits"])),
+                    down[i * d:(i + 1) * d, i * d:i * d + r] = s.U[i].float().cpu()
+            mean = s.mean.float().cpu().flatten()
+        return {"down": down, "up": down.T.contiguous(), "mean": mean, "bits": torch.tensor(float(s.bits)),
                 "qscale": qscale, "qhead": torch.tensor(qhead),
-                "sink": torch.tensor(float(self.sinks if s["compressed"] else 0))}
+                "sink": torch.tensor(float(self.sinks if s.compressed else 0))}
 
     def apply(self, model, meta):
         """Sets the hooks of an exported model (torch.jit.load of a kvtorch

@@ -137,3 +137,34 @@ def test_kernels_read_a_range_of_tiles():
     latent.scores(view, n, p, out)
     want = values(store.read(first * latent.TILE, last * latent.TILE)).transpose(-1, -2)
     assert torch.allclose(out, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("joint", [True, False])
+def test_hook_quantizes_as_compress(bits, joint):
+    """The hook of exported models (what kvtorch eval measures) chooses the
+    levels _quantize chooses, per token over all heads (joint) or per head,
+    and reads them back with the float32 step where the cache keeps it as
+    float16; project_eager, its eager twin, computes exactly the same."""
+    from kvtorch.hook import KVHook, project_eager
+
+    h, d, t = 2, 8, 6
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(1, h, t, d, generator=gen) * 10 ** torch.randint(-2, 3, (1, h, t, 1), generator=gen)
+    x[0, 0, 1, :3] = torch.tensor([7.0, 2.5, -3.5])  # with 4 bits: step 1, halves round to even
+    x[0, 0, 1, 3:] = 0
+    if joint:
+        x[0, 1, 1] = 0
+    hook = KVHook(h, d)
+    hook.bits.fill_(float(bits))
+    hook.qhead.fill_(0.0 if joint else 1.0)
+    y = hook(x)
+    assert torch.equal(y, project_eager(x, torch.eye(h * d), torch.eye(h * d), torch.zeros(h * d), bits=bits, qhead=not joint))
+    z = x.transpose(1, 2).reshape(1, 1, t, h * d) if joint else x  # a group per token, or per token and head
+    yz = y.transpose(1, 2).reshape(1, 1, t, h * d) if joint else y
+    data, scale = _quantize(z, bits)
+    levels = _dequantize(Latents(data, torch.ones_like(scale), bits, z.shape[-1]))
+    step = z.abs().amax(-1, keepdim=True).clamp_min(1e-30) / (2 ** (bits - 1) - 1)
+    assert torch.equal(torch.round(yz / step), levels)  # the same levels
+    stored = _dequantize(Latents(data, scale, bits, z.shape[-1]))
+    torch.testing.assert_close(yz, stored, rtol=1e-3, atol=0)  # read with the step in float32 or in float16
