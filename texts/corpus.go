@@ -254,12 +254,18 @@ func checkText(path string, head []byte) error {
 	return nil
 }
 
+// Record is one line of a JSONL text file: a text, or token ids used as
+// they are (what kvtorch tokenize --json writes, with the source each came
+// from).
+type Record struct {
+	Source string  `json:"source,omitempty"`
+	Text   *string `json:"text,omitempty"`
+	IDs    *[]int  `json:"input_ids,omitempty"`
+}
+
 // parseRecord reads one JSONL line: {"text": "..."} or {"input_ids": [...]}.
 func parseRecord(line []byte) (string, []int, error) {
-	var rec struct {
-		Text *string `json:"text"`
-		IDs  *[]int  `json:"input_ids"`
-	}
+	var rec Record
 	if err := json.Unmarshal(line, &rec); err != nil {
 		return "", nil, fmt.Errorf("not a JSON object with \"text\" or \"input_ids\": %v", err)
 	}

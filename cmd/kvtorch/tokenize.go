@@ -80,7 +80,10 @@ func writeIDs(c *cli.Context, out *bufio.Writer, tok *tokenizer.Tokenizer, corpu
 			ids = tok.Encode(doc.Text)
 		}
 		if c.Bool("json") {
-			if err := enc.Encode(map[string]any{"source": d.Source, "input_ids": ids}); err != nil {
+			if ids == nil {
+				ids = []int{} // an empty document: [], which reads back
+			}
+			if err := enc.Encode(texts.Record{Source: d.Source, IDs: &ids}); err != nil {
 				return err
 			}
 			continue
