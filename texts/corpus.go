@@ -117,20 +117,10 @@ func ReadCorpus(paths []string, stdin io.Reader) (*Corpus, error) {
 			}
 			continue
 		}
-		var found []string
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if !d.IsDir() && (strings.HasSuffix(path, ".txt") || strings.HasSuffix(path, ".jsonl")) {
-				found = append(found, path)
-			}
-			return nil
-		})
+		found, err := folderFiles(p)
 		if err != nil {
 			return nil, fmt.Errorf("texts: %w", err)
 		}
-		sort.Strings(found)
 		for _, f := range found {
 			if err := c.addFile(f, strings.HasSuffix(f, ".jsonl")); err != nil {
 				return nil, err
@@ -138,6 +128,41 @@ func ReadCorpus(paths []string, stdin io.Reader) (*Corpus, error) {
 		}
 	}
 	return c, nil
+}
+
+// folderFiles lists a folder's *.txt and *.jsonl files, recursively, sorted.
+func folderFiles(dir string) ([]string, error) {
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(path, ".txt") || strings.HasSuffix(path, ".jsonl")) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	sort.Strings(found)
+	return found, err
+}
+
+// Files lists the files paths name as ReadCorpus reads them (a folder's
+// *.txt and *.jsonl files), without reading them; "-" is left out, and a
+// path that cannot be listed is given as it is (ReadCorpus says why).
+func Files(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if p == "" || p == "-" {
+			continue
+		}
+		if st, err := os.Stat(p); err != nil || !st.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		found, _ := folderFiles(p)
+		out = append(out, found...)
+	}
+	return out
 }
 
 // open returns a reader over file i from its start.

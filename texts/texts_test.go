@@ -226,3 +226,25 @@ func TestWindowsStartWithBOS(t *testing.T) {
 		}
 	}
 }
+
+// TestFiles lists what ReadCorpus reads: a folder's *.txt and *.jsonl files
+// (recursively, sorted), files as they are, no stdin.
+func TestFiles(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	for _, f := range []string{"b.txt", "a.jsonl", "notes.md", "sub/c.txt"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("{\"text\": \""+f+"\"}\n"), 0o644) // distinct: copies are read once
+	}
+	got := Files([]string{dir, "-", "missing.txt"})
+	want := []string{filepath.Join(dir, "a.jsonl"), filepath.Join(dir, "b.txt"), filepath.Join(dir, "sub", "c.txt"), "missing.txt"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Files: got %v, want %v", got, want)
+	}
+	c, err := ReadCorpus([]string{dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Docs) != 3 {
+		t.Fatalf("ReadCorpus read %d documents of the folder, Files lists 3", len(c.Docs))
+	}
+}

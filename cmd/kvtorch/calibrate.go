@@ -6,6 +6,7 @@ import (
 
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/plot"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/urfave/cli/v2"
 )
 
@@ -122,7 +123,7 @@ func calibrateArgsOf(c *cli.Context) (calibrateArgs, error) {
 	if c.Bool("stats-only") {
 		a.output = ""
 	}
-	return a, checkOutputs(append([]string{model}, files(a.texts)...),
+	return a, checkOutputs(append([]string{model}, texts.Files(a.texts)...),
 		output{"output", a.output}, output{"stats-out", c.String("stats-out")}, output{"plot", c.String("plot")})
 }
 

@@ -87,7 +87,7 @@ func sessionArgsOf(c *cli.Context) (sessionArgs, error) {
 func openSession(c *cli.Context, a sessionArgs) (*kvtorch.Session, error) {
 	inputs := []string{a.model, a.calibration}
 	for _, k := range a.kinds {
-		inputs = append(inputs, files(k)...)
+		inputs = append(inputs, texts.Files(k)...)
 	}
 	inputs = append(inputs, a.inputs...)
 	if err := checkOutputs(inputs, a.outputs...); err != nil {

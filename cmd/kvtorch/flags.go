@@ -2,10 +2,8 @@ package main
 
 import (
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
@@ -104,29 +102,6 @@ func openModel(c *cli.Context) (*kvtorch.Model, error) {
 		return nil, err
 	}
 	return kvtorch.Open(path, kvtorch.OpenOptions{Device: c.String("device")})
-}
-
-// files lists the files behind input paths: folders' *.txt and *.jsonl, as
-// texts.ReadCorpus reads them ("-" is stdin and names no file).
-func files(paths []string) []string {
-	var out []string
-	for _, p := range paths {
-		if p == "" || p == "-" {
-			continue
-		}
-		st, err := os.Stat(p)
-		if err != nil || !st.IsDir() {
-			out = append(out, p)
-			continue
-		}
-		filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && (strings.HasSuffix(path, ".txt") || strings.HasSuffix(path, ".jsonl")) {
-				out = append(out, path)
-			}
-			return nil
-		})
-	}
-	return out
 }
 
 // output is an output file named by a flag; an empty path is an output not

@@ -10,6 +10,7 @@ import (
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
 	"github.com/kvtorch/kvtorch/kvfile"
 	"github.com/kvtorch/kvtorch/plot"
+	"github.com/kvtorch/kvtorch/texts"
 	"github.com/kvtorch/kvtorch/tune"
 	"github.com/urfave/cli/v2"
 )
@@ -119,7 +120,7 @@ func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
 		}
 	}
 	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}}
-	a.inputs = files(c.StringSlice("check-texts"))
+	a.inputs = texts.Files(c.StringSlice("check-texts"))
 	for _, p := range c.StringSlice("check-texts") {
 		ct, err := readTexts(c, []string{p})
 		if err != nil {
