@@ -25,11 +25,26 @@ type EvalSettings struct {
 	Basis compress.Basis // of Ranks and the fixed setting
 	Bits  int            // latent bits of Ranks and the fixed setting
 	Sinks int            // tokens kept exact, as compress.Uniform counts them (0: none)
+	// Recent, when set, is the recent window of every setting (a preset's
+	// own recent_tokens replaced).
+	Recent *int
 }
 
 // Settings are the settings e names for a model of geometry g, each with a
 // label; an error for ranks or bits the model cannot take.
 func (e EvalSettings) Settings(g compress.Geometry) ([]compress.Setting, []string, error) {
+	settings, labels, err := e.settings(g)
+	if err != nil || e.Recent == nil {
+		return settings, labels, err
+	}
+	for i := range settings {
+		settings[i].Recent = *e.Recent
+		labels[i] += fmt.Sprintf(", recent %d", *e.Recent)
+	}
+	return settings, labels, nil
+}
+
+func (e EvalSettings) settings(g compress.Geometry) ([]compress.Setting, []string, error) {
 	switch {
 	case e.Preset != nil:
 		return []compress.Setting{e.Preset.Setting()}, []string{"preset " + e.PresetName}, nil

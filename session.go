@@ -233,6 +233,9 @@ func (s *Session) MeasureSetting(ctx context.Context, st compress.Setting, label
 	if st.Sinks >= s.Windows.SeqLen {
 		return Measurement{}, fmt.Errorf("kvtorch: %w: %d sink tokens leave nothing of windows of %d", compress.ErrInvalid, st.Sinks, s.Windows.SeqLen)
 	}
+	if st.Recent >= s.Windows.SeqLen {
+		return Measurement{}, fmt.Errorf("kvtorch: %w: a recent window of %d tokens leaves nothing compressed in windows of %d", compress.ErrInvalid, st.Recent, s.Windows.SeqLen)
+	}
 	key := st.Key()
 	if m, ok := s.seen[key]; ok {
 		m.Label = label
@@ -445,6 +448,7 @@ type TuneOptions struct {
 	Bits    []int          // latent bits allowed (16 unless given)
 	Basis   compress.Basis // Joint unless asked otherwise
 	Sinks   int            // tokens kept exact (0: DefaultSinks; NoSinks: none)
+	Recent  int            // the recent window: every query's last positions kept exact (0: none)
 	Uniform bool           // the baseline search instead: one per-head rank over a fixed grid
 	// Checks are more held-out texts (another kind than the session's) the
 	// chosen setting is also measured on; their results go into the preset.
@@ -484,7 +488,7 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	}
 	start := time.Now()
 	topts := tune.Options{Geometry: s.Model.Geometry(), Spectra: tune.SpectraOf(s.Calibration), Target: o.Target, Bits: o.Bits,
-		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations}
+		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Recent: o.Recent, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations}
 	topts.Defaults()
 	s.SetSteps(topts.Steps(o.Uniform) + 1 + 2*len(o.Checks)) // and the chosen setting, and each check's two
 	var res tune.Result

@@ -27,6 +27,21 @@ func Apply(m *Model, cal *kvfile.Calibration, s compress.Setting) error {
 	if cal.Geometry != g {
 		return fmt.Errorf("calibration: %w: the calibration's cache shape (%v) is not the model's (%v)", kvfile.ErrMismatch, cal.Geometry, g)
 	}
+	if s.Recent != m.recent {
+		if s.Recent > 0 && !m.Windowed {
+			return fmt.Errorf("calibration: %w: a recent window needs a model exported by this kvtorch (%s has no recent method); export it again", ErrContract, m.Path)
+		}
+		t, err := torch.FromSlice([]float64{float64(s.Recent)}) // a scalar
+		if err != nil {
+			return fmt.Errorf("calibration: %w", err)
+		}
+		err = m.Module.SetBuffer(RecentBuffer, t)
+		t.Close()
+		if err != nil {
+			return fmt.Errorf("calibration: %w", err)
+		}
+		m.recent = s.Recent
+	}
 	for l, pair := range s.Layers {
 		for _, k := range compress.Kinds {
 			sd := pair[k]

@@ -375,6 +375,40 @@ func TestApplyAndSinks(t *testing.T) {
 	}
 }
 
+// TestRecentWindow: a recent window as long as the windows measured keeps
+// every position exact (the baseline); a shorter one lands in between; 0
+// is the compressed setting again. A file without the recent method
+// refuses a window, saying what to do.
+func TestRecentWindow(t *testing.T) {
+	m := loadTiny(t, "good")
+	if !m.Windowed {
+		t.Fatal("the tiny model has the recent method but is not Windowed")
+	}
+	cal := calibrate(t, m)
+	g := m.Geometry()
+	w := evalWindows(12, 32)
+	base := ppl(t, m, cal, compress.Uncompressed(g), w)
+	s := compress.Uniform(g, compress.Target{true, true}, compress.Side{Basis: compress.Joint, Rank: 8, Bits: 4}, 0)
+	heavy := ppl(t, m, cal, s, w)
+	s.Recent = 32
+	if got := ppl(t, m, cal, s, w); math.Abs(got/base-1) > 1e-6 {
+		t.Fatalf("a window of the whole sequence: perplexity %v, want the baseline %v", got, base)
+	}
+	s.Recent = 8
+	if got := ppl(t, m, cal, s, w); !(got > base*1.0001 && got < heavy) {
+		t.Fatalf("a window of 8: perplexity %v, want between the baseline %v and no window %v", got, base, heavy)
+	}
+	s.Recent = 0
+	if got := ppl(t, m, cal, s, w); got != heavy {
+		t.Fatalf("no window again: %v, want %v", got, heavy)
+	}
+	old := loadTiny(t, "good_forward")
+	s.Recent = 8
+	if err := Apply(old, cal, s); !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), "export it again") {
+		t.Fatalf("a window on a file without the recent method: got %v", err)
+	}
+}
+
 // TestFormat1Refused: a model exported with the format-1 hook (per-head
 // bases only, no sinks) is refused when opened, as the Python package
 // refuses it, with what to do.

@@ -31,10 +31,13 @@ type Model struct {
 	// applies the head a few positions at a time. Bare is set when it has the
 	// kv method: calibration gets the keys and values alone (no hooks, no LM
 	// head, the last layer stopped after its K/V projections). Without them
-	// (files exported before), the full forward runs.
-	Split, Bare bool
+	// (files exported before), the full forward runs. Windowed is set when
+	// it has the recent method and its recent_tokens buffer: settings with a
+	// recent window run it instead of body.
+	Split, Bare, Windowed bool
 
 	applied map[hookKey]string // what Apply last wrote to each hook
+	recent  int                // what Apply last wrote to recent_tokens
 }
 
 type hookKey struct {
@@ -168,8 +171,24 @@ func (m *Model) checkMethods() error {
 	}
 	m.Split = slices.Contains(m.Meta.Methods, "body") && slices.Contains(m.Meta.Methods, "head")
 	m.Bare = slices.Contains(m.Meta.Methods, "kv")
+	m.Windowed = m.Split && slices.Contains(m.Meta.Methods, "recent")
+	if m.Windowed {
+		t, err := m.Module.Buffer(RecentBuffer)
+		if err != nil {
+			return contractf("kvtorch.json lists the method recent, but the module has no %s buffer", RecentBuffer)
+		}
+		shape := t.Shape()
+		t.Close()
+		if len(shape) != 0 {
+			return contractf("the %s buffer has shape %v, want a scalar", RecentBuffer, shape)
+		}
+	}
 	return nil
 }
+
+// RecentBuffer is the scalar buffer of the recent window the recent method
+// reads: how many of the last positions every query takes exact.
+const RecentBuffer = "recent_tokens"
 
 // KV runs the kv method on ids [B, T] (Bare models only): the true keys and
 // values, nothing else computed that they do not need.
@@ -228,10 +247,15 @@ func (m *Model) Forward(ids *torch.Tensor) (*Output, error) {
 }
 
 // Body runs the decoder without the LM head on ids [B, T] (the body
-// method; Split models only) and checks the output against the contract:
-// Hidden [B, T, H], Keys and Values.
+// method, or recent where the setting applied has a recent window; Split
+// models only) and checks the output against the contract: Hidden [B, T,
+// H], Keys and Values.
 func (m *Model) Body(ids *torch.Tensor) (*Output, error) {
-	v, err := m.Module.Run("body", ids)
+	method := "body"
+	if m.recent > 0 {
+		method = "recent"
+	}
+	v, err := m.Module.Run(method, ids)
 	if err != nil {
 		return nil, err
 	}

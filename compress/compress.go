@@ -193,6 +193,10 @@ func ValidBits(b int) bool { return b == 16 || b == 8 || b == 4 }
 type Setting struct {
 	Layers [][2]Side // [layer][K, V]
 	Sinks  int       // the first tokens of every sequence, kept uncompressed
+	// Recent is the recent window: every query takes the uncompressed keys
+	// and values of the last Recent positions (itself included) and the
+	// compressed ones of older positions.
+	Recent int
 }
 
 // Uncompressed is the setting that leaves everything as it is.
@@ -243,7 +247,7 @@ func Fixed(g Geometry, basis Basis, rankK, rankV, bits, sinks int) (Setting, err
 
 // Clone returns a deep copy.
 func (s Setting) Clone() Setting {
-	return Setting{Layers: append([][2]Side(nil), s.Layers...), Sinks: s.Sinks}
+	return Setting{Layers: append([][2]Side(nil), s.Layers...), Sinks: s.Sinks, Recent: s.Recent}
 }
 
 // Validate checks every side against the geometry.
@@ -253,6 +257,9 @@ func (s Setting) Validate(g Geometry) error {
 	}
 	if s.Sinks < 0 {
 		return fmt.Errorf("%w: %d sink tokens", ErrInvalid, s.Sinks)
+	}
+	if s.Recent < 0 {
+		return fmt.Errorf("%w: a recent window of %d tokens", ErrInvalid, s.Recent)
 	}
 	for l, pair := range s.Layers {
 		for _, k := range Kinds {
@@ -281,16 +288,17 @@ func (s Setting) LayerBytes(g Geometry, l int) int {
 }
 
 // BytesPerToken is the cache bytes per token averaged over a sequence of
-// context tokens: the sinks uncompressed, the rest compressed.
+// context tokens: the sinks and the recent window uncompressed, the rest
+// compressed.
 func (s Setting) BytesPerToken(g Geometry, context int) float64 {
 	if context <= 0 {
 		context = DefaultContext
 	}
-	sinks := min(s.Sinks, context)
+	exact := min(s.Sinks+s.Recent, context)
 	if !s.Compresses(g) {
-		sinks = context
+		exact = context
 	}
-	return (float64(sinks)*float64(g.TokenBytes()) + float64(context-sinks)*float64(s.CompressedBytes(g))) / float64(context)
+	return (float64(exact)*float64(g.TokenBytes()) + float64(context-exact)*float64(s.CompressedBytes(g))) / float64(context)
 }
 
 // Ratio is the compression ratio of the whole cache at a context length:
@@ -326,6 +334,9 @@ func (s Setting) Compresses(g Geometry) bool {
 func (s Setting) Key() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "s%d", s.Sinks)
+	if s.Recent > 0 {
+		fmt.Fprintf(&sb, "w%d", s.Recent)
+	}
 	for _, pair := range s.Layers {
 		for _, sd := range pair {
 			fmt.Fprintf(&sb, "|%s%d/%d", sd.basis(), sd.Rank, sd.Bits)

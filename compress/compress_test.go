@@ -58,6 +58,19 @@ func TestSinksAndContext(t *testing.T) {
 	if r := Uncompressed(ref).Ratio(ref, 4096); r != 1 {
 		t.Fatalf("uncompressed ratio %v", r)
 	}
+	// A recent window of 128 is counted as the sinks are: 132 exact tokens.
+	w := s.Clone()
+	w.Recent = 128
+	want = (132*3072 + 3964*1536) / 4096.0
+	if got := w.BytesPerToken(ref, 4096); math.Abs(got-want) > 1e-12 {
+		t.Fatalf("bytes per token with a recent window %v, want %v", got, want)
+	}
+	if r := w.Ratio(ref, 100); r != 1 {
+		t.Fatalf("a context within sinks and window is uncompressed: ratio %v", r)
+	}
+	if w.Key() == s.Key() {
+		t.Fatalf("settings with and without a recent window share the key %s", s.Key())
+	}
 	if got := s.BasisBytes(ref); got != 6*2*(128*64+128)*2 {
 		t.Fatalf("basis bytes %d", got)
 	}
@@ -69,14 +82,15 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(*Setting){
-		"rank 0":         func(s *Setting) { s.Layers[1][K].Rank = 0 },
-		"rank over D":    func(s *Setting) { s.Layers[2][V].Rank = 65 },
-		"joint over H·D": func(s *Setting) { s.Layers[2][V] = Side{Joint, 129, 16} },
-		"bits 3":         func(s *Setting) { s.Layers[0][K].Bits = 3 },
-		"bits 2":         func(s *Setting) { s.Layers[0][K].Bits = 2 },
-		"negative sinks": func(s *Setting) { s.Sinks = -1 },
-		"too few layers": func(s *Setting) { s.Layers = s.Layers[:5] },
-		"unknown basis":  func(s *Setting) { s.Layers[3][K].Basis = "shared" },
+		"rank 0":                 func(s *Setting) { s.Layers[1][K].Rank = 0 },
+		"rank over D":            func(s *Setting) { s.Layers[2][V].Rank = 65 },
+		"joint over H·D":         func(s *Setting) { s.Layers[2][V] = Side{Joint, 129, 16} },
+		"bits 3":                 func(s *Setting) { s.Layers[0][K].Bits = 3 },
+		"bits 2":                 func(s *Setting) { s.Layers[0][K].Bits = 2 },
+		"negative sinks":         func(s *Setting) { s.Sinks = -1 },
+		"negative recent window": func(s *Setting) { s.Recent = -1 },
+		"too few layers":         func(s *Setting) { s.Layers = s.Layers[:5] },
+		"unknown basis":          func(s *Setting) { s.Layers[3][K].Basis = "shared" },
 	} {
 		s := good.Clone()
 		mutate(&s)

@@ -296,6 +296,20 @@ func TestPresetRoundTrip(t *testing.T) {
 	if math.Abs(got.PPLDelta-0.03) > 1e-12 || got.CompressionRatio <= 1 {
 		t.Fatalf("delta %v ratio %v", got.PPLDelta, got.CompressionRatio)
 	}
+	// A recent window: saved, read back, its tokens counted uncompressed.
+	s := p.Setting()
+	s.Recent = 64
+	w := NewPreset(PresetSource{Name: "m", File: "m.pt", SHA256: "abc", KVSource: "pre_rope", CalibrationFile: "c.pt",
+		CalibrationSHA256: "def"}, geo, s, compress.Target{true, true}, 4096, 10, 10.3, p.Eval)
+	if err := w.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = LoadPreset(path); err != nil || got.RecentTokens != 64 || got.Setting().Recent != 64 {
+		t.Fatalf("recent window round trip: %v, %+v", err, got)
+	}
+	if want := (68*56 + 4028*23) / 4096.0; math.Abs(got.BytesAfter-want) > 1e-9 {
+		t.Fatalf("bytes per token with a recent window of 64: %v, want %v", got.BytesAfter, want)
+	}
 }
 
 func TestPresetRefusesBadFiles(t *testing.T) {
@@ -304,15 +318,17 @@ func TestPresetRefusesBadFiles(t *testing.T) {
 	testPreset().Save(good)
 	raw, _ := os.ReadFile(good)
 	for name, data := range map[string]string{
-		"trailing garbage": string(raw) + "{}",
-		"eval tokens -5":   strings.Replace(string(raw), `"tokens": 511`, `"tokens": -5`, 1),
-		"rank over D":      strings.Replace(string(raw), `"rank_k": 2`, `"rank_k": 40`, 1),
-		"bits 3":           strings.Replace(string(raw), `"bits_k": 16`, `"bits_k": 3`, 1),
-		"edited bytes":     strings.Replace(string(raw), `"bytes_per_token_compressed": 23`, `"bytes_per_token_compressed": 2`, 1),
-		"version 4":        strings.Replace(string(raw), `"version": 3`, `"version": 4`, 1),
-		"negative sinks":   strings.Replace(string(raw), `"sink_tokens": 4`, `"sink_tokens": -1`, 1),
-		"not JSON":         "no",
-		"empty":            "",
+		"trailing garbage":    string(raw) + "{}",
+		"eval tokens -5":      strings.Replace(string(raw), `"tokens": 511`, `"tokens": -5`, 1),
+		"rank over D":         strings.Replace(string(raw), `"rank_k": 2`, `"rank_k": 40`, 1),
+		"bits 3":              strings.Replace(string(raw), `"bits_k": 16`, `"bits_k": 3`, 1),
+		"edited bytes":        strings.Replace(string(raw), `"bytes_per_token_compressed": 23`, `"bytes_per_token_compressed": 2`, 1),
+		"version 5":           strings.Replace(string(raw), `"version": 4`, `"version": 5`, 1),
+		"recent not counted":  strings.Replace(string(raw), `"recent_tokens": 0`, `"recent_tokens": 64`, 1),
+		"recent in version 3": strings.Replace(strings.Replace(string(raw), `"version": 4`, `"version": 3`, 1), `"recent_tokens": 0`, `"recent_tokens": 8`, 1),
+		"negative sinks":      strings.Replace(string(raw), `"sink_tokens": 4`, `"sink_tokens": -1`, 1),
+		"not JSON":            "no",
+		"empty":               "",
 	} {
 		if data == string(raw) {
 			t.Fatalf("%s: the edit did not apply", name)

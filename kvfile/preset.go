@@ -12,10 +12,11 @@ import (
 )
 
 // PresetVersion is the preset schema this kvtorch writes (docs/preset-format.md):
-// 3 adds the measurements of every kind of held-out text tune kept the
-// budget on (kinds), intervals of the deltas and a warning; versions 1
-// (bases per head, no sinks) and 2 are still read.
-const PresetVersion = 3
+// 4 adds the recent window (recent_tokens); 3 the measurements of every
+// kind of held-out text tune kept the budget on (kinds), intervals of the
+// deltas and a warning; versions 1 (bases per head, no sinks), 2 and 3 are
+// still read.
+const PresetVersion = 4
 
 // maxPresetBytes bounds what LoadPreset reads: a preset of a 1,000-layer
 // model is well under 1 MB.
@@ -84,6 +85,7 @@ type Preset struct {
 	HeadDimV          int           `json:"head_dim_v"`
 	Target            string        `json:"target"`
 	SinkTokens        int           `json:"sink_tokens"`
+	RecentTokens      int           `json:"recent_tokens"`
 	ContextLength     int           `json:"context_length"`
 	Rank              *int          `json:"rank,omitempty"`
 	Bits              *int          `json:"bits,omitempty"`
@@ -128,7 +130,7 @@ func NewPreset(src PresetSource, g compress.Geometry, s compress.Setting, target
 		ModelSHA256: src.SHA256, KVSource: src.KVSource, CalibrationFile: src.CalibrationFile,
 		CalibrationSHA256: src.CalibrationSHA256, NumLayers: g.Layers, NKVHeads: g.Heads, HeadDim: g.Dims[0],
 		HeadDimK: g.Dims[0], HeadDimV: g.Dims[1], Target: target.String(), SinkTokens: s.Sinks,
-		ContextLength: context, CacheBytesPerElem: compress.ElementBytes, BaselinePPL: baseline,
+		RecentTokens: s.Recent, ContextLength: context, CacheBytesPerElem: compress.ElementBytes, BaselinePPL: baseline,
 		CompressedPPL: compressed, PPLDelta: compressed/baseline - 1, Eval: e}
 	if p.Eval.Texts == nil {
 		p.Eval.Texts = []TextFile{}
@@ -182,7 +184,7 @@ func (p *Preset) Geometry() compress.Geometry {
 
 // Setting is the preset's compression.
 func (p *Preset) Setting() compress.Setting {
-	s := compress.Setting{Layers: make([][2]compress.Side, len(p.Layers)), Sinks: p.SinkTokens}
+	s := compress.Setting{Layers: make([][2]compress.Side, len(p.Layers)), Sinks: p.SinkTokens, Recent: p.RecentTokens}
 	for i, l := range p.Layers {
 		s.Layers[i] = [2]compress.Side{
 			{Basis: compress.Basis(orHead(l.BasisK)), Rank: l.RankK, Bits: l.BitsK},
@@ -283,6 +285,8 @@ func (p *Preset) check() error {
 		return fmt.Errorf("eval: seq_len %d and tokens %d (want at least 2 and 1)", p.Eval.SeqLen, p.Eval.Tokens)
 	case p.SinkTokens < 0 || p.SinkTokens >= p.Eval.SeqLen:
 		return fmt.Errorf("sink_tokens %d (want 0 to seq_len − 1)", p.SinkTokens)
+	case p.RecentTokens < 0 || p.Version < 4 && p.RecentTokens != 0:
+		return fmt.Errorf("recent_tokens %d in a version %d preset (want 0 or more, in version 4)", p.RecentTokens, p.Version)
 	case p.Version == 1 && p.ContextLength != 0:
 		return fmt.Errorf("context_length in a version 1 preset")
 	case p.Version >= 2 && p.ContextLength < 1:

@@ -72,7 +72,9 @@ class Attention(nn.Module):
         self.k_hook = KVHook(c.n_kv_heads, c.head_dim)
         self.v_hook = KVHook(c.n_kv_heads, c.head_dim)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, recent=None):
+        """recent (a scalar tensor, or None): each query takes the true K/V of
+        its last `recent` positions and the hooked ones of older positions."""
         b, t, _ = x.shape
         c = self.c
         q = self.q_proj(x).view(b, t, c.n_heads, c.head_dim).transpose(1, 2)
@@ -85,7 +87,16 @@ class Attention(nn.Module):
         groups = c.n_heads // c.n_kv_heads
         kh = kh.repeat_interleave(groups, dim=1)
         vh = vh.repeat_interleave(groups, dim=1)
-        o = F.scaled_dot_product_attention(q, kh, vh, is_causal=True)
+        if recent is None:
+            o = F.scaled_dot_product_attention(q, kh, vh, is_causal=True)
+        else:
+            ke = (k * cos + rotate_half(k) * sin).repeat_interleave(groups, dim=1)
+            ve = v.repeat_interleave(groups, dim=1)
+            pos = torch.ones_like(cos[:, 0]).cumsum(0) - 1  # 0 .. T-1, with a traced T
+            dist = pos[:, None] - pos[None, :]
+            near = dist < recent
+            mask = torch.cat([(dist >= 0) & ~near, (dist >= 0) & near], dim=-1)
+            o = F.scaled_dot_product_attention(q, torch.cat([kh, ke], dim=2), torch.cat([vh, ve], dim=2), attn_mask=mask)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, -1)), k, v
 
 
@@ -99,8 +110,8 @@ class Block(nn.Module):
         self.up = nn.Linear(c.d_model, c.ffn_dim, bias=False)
         self.down = nn.Linear(c.ffn_dim, c.d_model, bias=False)
 
-    def forward(self, x, cos, sin):
-        a, k, v = self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x, cos, sin, recent=None):
+        a, k, v = self.attn(self.attn_norm(x), cos, sin, recent)
         x = x + a
         h = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h)), k, v
@@ -122,6 +133,7 @@ class RefModel(nn.Module):
         ang = torch.cat((ang, ang), dim=-1)
         self.register_buffer("rope_cos", ang.cos(), persistent=False)
         self.register_buffer("rope_sin", ang.sin(), persistent=False)
+        self.register_buffer("recent_tokens", torch.tensor(0.0), persistent=False)  # the recent method's window
 
     def forward(self, input_ids):
         hidden, keys, values = self.body(input_ids)
@@ -129,12 +141,19 @@ class RefModel(nn.Module):
 
     def body(self, input_ids):
         """The model without its output layer: (hidden [B, T, d_model], keys, values)."""
+        return self._body(input_ids, None)
+
+    def recent(self, input_ids):
+        """body with the recent window of recent_tokens (docs/model-contract.md)."""
+        return self._body(input_ids, self.recent_tokens)
+
+    def _body(self, input_ids, recent):
         t = input_ids.shape[1]
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         x = self.embed(input_ids)
         keys, values = [], []
         for blk in self.blocks:
-            x, k, v = blk(x, cos, sin)
+            x, k, v = blk(x, cos, sin, recent)
             keys.append(k)
             values.append(v)
         return self.norm(x), tuple(keys), tuple(values)
@@ -322,7 +341,7 @@ def load_model(data_dir):
 def metadata(c: Config, device: str):
     return {
         "format_version": FORMAT_VERSION,
-        "methods": ["kv", "body", "head"],
+        "methods": ["kv", "body", "head", "recent"],
         "name": "kvtorch-refmodel",
         "architecture": "kvtorch-ref",
         "n_layers": c.n_layers,
@@ -350,7 +369,7 @@ def cmd_export(args):
     with torch.no_grad():
         hidden = model.body(example)[0]
         traced = torch.jit.trace_module(model, {"forward": (example,), "kv": (example,), "body": (example,),
-                                                "head": (hidden,)}, check_trace=False)
+                                                "head": (hidden,), "recent": (example,)}, check_trace=False)
     with open(os.path.join(args.data, "refmodel.tokenizer.json")) as f:
         tokenizer = f.read()
     extra = {"kvtorch.json": json.dumps(metadata(c, args.device), indent=2), "tokenizer.json": tokenizer}

@@ -95,6 +95,7 @@ type Options struct {
 	Basis    compress.Basis // the bases used (Joint unless asked otherwise)
 	Budget   float64        // the perplexity delta allowed (0.05: +5%)
 	Sinks    int            // tokens kept uncompressed
+	Recent   int            // the recent window kept uncompressed (compress.Setting.Recent)
 	Context  int            // the context length ratios are counted at
 	// MaxEvaluations bounds the full measurements of step 3 (default 12).
 	MaxEvaluations int
@@ -206,7 +207,7 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 		return Result{}, fmt.Errorf("tune: budget %v must be positive", o.Budget)
 	}
 	s := &search{ctx: ctx, ev: ev, o: o, base: compress.Uncompressed(o.Geometry)}
-	s.base.Sinks = o.Sinks
+	s.base.Sinks, s.base.Recent = o.Sinks, o.Recent
 	s.res.Best = Candidate{Label: "uncompressed", Setting: s.base.Clone(), Ratio: 1, Within: true}
 	for l := 0; l < o.Geometry.Layers; l++ {
 		for _, k := range compress.Kinds {
@@ -418,6 +419,7 @@ func Uniform(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 				continue
 			}
 			s := compress.Uniform(g, o.Target, compress.Side{Basis: compress.PerHead, Rank: r, Bits: b}, o.Sinks)
+			s.Recent = o.Recent
 			label := fmt.Sprintf("uniform rank %d, %d-bit", r, b)
 			m, err := ev.Measure(ctx, s, label)
 			if err != nil {

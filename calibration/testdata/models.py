@@ -87,7 +87,7 @@ def main(out):
     with torch.no_grad():
         hidden = model.body(example)[0]
         traced = torch.jit.trace_module(model, {"forward": (example,), "kv": (example,), "body": (example,),
-                                                "head": (hidden,)}, check_trace=False)
+                                                "head": (hidden,), "recent": (example,)}, check_trace=False)
     torch.jit.save(traced, os.path.join(out, "good.pt"), _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(split)})
     for name, mode, md in [("good_forward", None, meta), ("missing_method", None, split), ("no_meta", None, None),
                            ("wrong_arity", "wrong_arity", meta),

@@ -32,13 +32,16 @@ var evalCommand = &cli.Command{
 	Usage: "measure perplexity without and with compression",
 	UsageText: "kvtorch eval --calibration calib.pt --texts heldout/ --ranks 96,128,160   # joint ranks of K and V\n" +
 		"kvtorch eval --calibration calib.pt --preset preset.json --texts other-kind/\n" +
-		"kvtorch eval --calibration calib.pt --rank-v 48 --basis head --sinks 0      # V only, per-head bases",
+		"kvtorch eval --calibration calib.pt --rank-v 48 --basis head --sinks 0      # V only, per-head bases\n" +
+		"kvtorch eval --preset preset.json --recent 128     # the preset with the last 128 tokens kept exact",
 	Description: "Perplexity over non-overlapping windows of --seq-len tokens of the evaluation texts\n" +
 		"(documents joined by the model's EOS token), uncompressed and with the compression applied\n" +
 		"inside the model through its hook buffers: a preset (--preset), one setting (--rank-k,\n" +
 		"--rank-v, --bits), or one row per uniform rank (--ranks on the --target sides). Ranks count\n" +
 		"latents per KV head with --basis head, and for the whole layer with --basis joint (so joint\n" +
-		"rank 96 of 3 heads of 64 is half the dimension). Ratios count every byte at --context tokens.",
+		"rank 96 of 3 heads of 64 is half the dimension). --recent N keeps every query's last N\n" +
+		"positions exact (for a preset: instead of its own recent_tokens). Ratios count every byte\n" +
+		"at --context tokens.",
 	Flags: append(evalFlags(),
 		&cli.StringFlag{Name: "preset", Aliases: []string{"p"}, EnvVars: []string{"KVTORCH_PRESET"}, Usage: "a preset JSON (kvtorch tune)"},
 		&cli.IntFlag{Name: "rank-k", Usage: "rank of K in every layer (default: uncompressed)"},
@@ -48,6 +51,7 @@ var evalCommand = &cli.Command{
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides --ranks applies to: k, v or kv"},
 		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads), head (one per KV head), or none (quantization alone)"},
 		sinksFlag,
+		recentFlag,
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the one setting measured (--rank-k/--rank-v/--bits) as a preset"},
 	),
 	Action: evalAction,
@@ -182,6 +186,10 @@ func evalArgsOf(c *cli.Context) (sessionArgs, kvtorch.EvalSettings, error) {
 		return sessionArgs{}, e, err
 	}
 	e.RankK, e.RankV, e.Bits, e.Sinks = c.Int("rank-k"), c.Int("rank-v"), c.Int("bits"), c.Int("sinks")
+	if c.IsSet("recent") {
+		r := c.Int("recent")
+		e.Recent = &r
+	}
 	if !compress.ValidBits(e.Bits) {
 		return sessionArgs{}, e, usagef("--bits %d: want 16, 8 or 4", e.Bits)
 	}

@@ -40,6 +40,14 @@ var (
 			}
 			return nil
 		}}
+	recentFlag = &cli.IntFlag{Name: "recent", EnvVars: []string{"KVTORCH_RECENT"},
+		Usage: "recent window: every query takes the uncompressed K/V of its last N positions (counted at full size at --context)",
+		Action: func(_ *cli.Context, v int) error {
+			if v < 0 {
+				return fmt.Errorf("%w: --recent %d: a count of tokens (0: none)", kvtorch.ErrOption, v)
+			}
+			return nil
+		}}
 	outputFlag = func(def, usage string) *cli.StringFlag {
 		return &cli.StringFlag{Name: "output", Aliases: []string{"o", "out"}, Value: def, EnvVars: []string{"KVTORCH_OUTPUT"}, Usage: usage}
 	}

@@ -30,8 +30,8 @@ var tuneCommand = &cli.Command{
 		"and side that minimises bytes against the predicted perplexity cost, measured in full and\n" +
 		"bracketed on the budget (a dozen full measurements at most); each delta is printed with a\n" +
 		"90% interval, and a preset whose interval is far wider than the budget says so. Bases are\n" +
-		"joint over the KV heads unless --basis head; the first --sinks tokens stay uncompressed and\n" +
-		"are counted at full size at --context tokens. Every measurement is printed with its number\n" +
+		"joint over the KV heads unless --basis head; the first --sinks tokens and every query's last\n" +
+		"--recent positions stay uncompressed and are counted at full size at --context tokens. Every measurement is printed with its number\n" +
 		"and an ETA. Writes the preset (docs/preset-format.md); --check-texts records its delta on\n" +
 		"held-out text of kinds it was not tuned on.",
 	Flags: append(evalFlags(),
@@ -40,6 +40,7 @@ var tuneCommand = &cli.Command{
 		&cli.StringFlag{Name: "bits", Value: "16", Usage: "latent bits to consider, e.g. 16,8,4"},
 		&cli.StringFlag{Name: "basis", Value: "joint", Usage: "joint (one basis over the KV heads) or head (one per KV head)"},
 		sinksFlag,
+		recentFlag,
 		&cli.BoolFlag{Name: "uniform", Usage: "the baseline search: one per-head rank for all layers over a fixed grid of ranks"},
 		&cli.IntFlag{Name: "max-evaluations", Value: 12, Usage: "full measurements the search may make after its probes"},
 		&cli.StringSliceFlag{Name: "check-texts", Usage: "other held-out text (another kind) to measure the chosen preset on"},
@@ -87,7 +88,7 @@ func tuneAction(c *cli.Context) error {
 // tuneArgsOf reads tune's flags: the session (each --texts a kind) and the
 // search, with the other kinds to check the chosen preset on.
 func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
-	o := kvtorch.TuneOptions{Budget: c.Float64("target-ppl-delta"), Sinks: orNone(c.Int("sinks")), Uniform: c.Bool("uniform"),
+	o := kvtorch.TuneOptions{Budget: c.Float64("target-ppl-delta"), Sinks: orNone(c.Int("sinks")), Recent: c.Int("recent"), Uniform: c.Bool("uniform"),
 		MaxEvaluations: c.Int("max-evaluations")}
 	if c.NArg() > 0 {
 		return sessionArgs{}, o, usagef("tune takes no arguments")
@@ -175,8 +176,12 @@ func printPreset(w io.Writer, p *kvfile.Preset, path string) {
 		fmt.Fprintf(w, "%5d %6s %7d %7d %6s %7d %7d %12d %12d\n", l.Layer, l.BasisK, l.RankK, l.BitsK, l.BasisV, l.RankV, l.BitsV,
 			l.BytesPerTokenAfter, l.BytesPerTokenBefore)
 	}
-	fmt.Fprintf(w, "KV cache: %d -> %d bytes per compressed token, %d sink tokens at full size: %.1f bytes per token at a context of %d, %.2fx compression\n",
-		p.BytesBefore, p.BytesCompressed, p.SinkTokens, p.BytesAfter, p.ContextLength, p.CompressionRatio)
+	window := ""
+	if p.RecentTokens > 0 {
+		window = fmt.Sprintf(" and a recent window of %d", p.RecentTokens)
+	}
+	fmt.Fprintf(w, "KV cache: %d -> %d bytes per compressed token, %d sink tokens%s at full size: %.1f bytes per token at a context of %d, %.2fx compression\n",
+		p.BytesBefore, p.BytesCompressed, p.SinkTokens, window, p.BytesAfter, p.ContextLength, p.CompressionRatio)
 	kinds := p.Kinds
 	if len(kinds) == 0 {
 		kinds = []kvfile.Measurement{{EvalInfo: p.Eval, BaselinePPL: p.BaselinePPL, CompressedPPL: p.CompressedPPL, PPLDelta: p.PPLDelta}}

@@ -49,11 +49,15 @@ class Mode:
     trace time (so each method's graph has its own path): bare skips the
     compression hooks (K and V are taken as they are: calibration's kv
     method), skip is the attention module whose output is not needed (the
-    last layer's, in kv)."""
+    last layer's, in kv), recent has attention take the keys and values of
+    the last recent_tokens positions exact and the older ones hooked (the
+    recent method; owner holds the recent_tokens buffer)."""
 
     def __init__(self):
         self.bare = False
         self.skip = None
+        self.recent = False
+        self.owner = None
 
 
 class CaptureHook(nn.Module):
@@ -86,25 +90,67 @@ class CaptureHook(nn.Module):
             return y
         hooked = getattr(self._owner[0], self.hook_name)(heads)
         if self.layout == "bhtd":
-            return hooked
-        return hooked.transpose(1, 2).reshape(shape)
+            out, axis = hooked, 1
+        else:
+            out, axis = hooked.transpose(1, 2).reshape(shape), 2 if self.layout == "bthd" else -1
+        if self.mode.recent:  # twice the heads: the hooked ones, then the true ones (RoPE rotates both)
+            return torch.cat([out, y], dim=axis)
+        return out
 
 
 def traced_attention(module, query, key, value, attention_mask, **kwargs):
     """The attention of exported models: for post-RoPE keys, the true K and V
     are kept on the module and the hooked ones go to the attention the model
     would have used (kvtorch.attention); the attention whose output no
-    method needs (Mode.skip) gives zeros."""
+    method needs (Mode.skip) gives zeros. In the recent method, the keys and
+    values of pre-RoPE exports come with twice the heads (CaptureHook: the
+    hooked ones, then the true ones) and recent_attention takes both."""
     mode = module.kvtorch_mode
+    hooked = None
+    if mode.recent and not module.kvtorch_post:
+        h = key.shape[1] // 2
+        hooked = key[:, :h], value[:, :h]
+        key, value = key[:, h:], value[:, h:]
     if module.kvtorch_post:
         module.kvtorch_k, module.kvtorch_v = key, value
     if mode.skip is module:
         b, h, t, _ = query.shape
         return query.new_zeros(b, t, h, value.shape[-1]), None
     if module.kvtorch_post and not mode.bare:
-        key, value = module.k_hook(key), module.v_hook(value)
+        hooked = module.k_hook(key), module.v_hook(value)
+        if not mode.recent:
+            key, value = hooked
+    if mode.recent:
+        return recent_attention(module, query, hooked[0], hooked[1], key, value, attention_mask,
+                                mode.owner.recent_tokens, **kwargs)
     inner, _ = attention.inner(module)
     return inner(module, query, key, value, attention_mask, **kwargs)
+
+
+def recent_attention(module, query, key_hat, value_hat, key, value, attention_mask, recent, **kwargs):
+    """Attention where the query at position t takes the true keys and values
+    of positions t - recent + 1 .. t and the hooked ones (key_hat, value_hat:
+    what the cache stores) of older positions, within the model's own mask
+    (causal, sliding window): the model's attention over both sets side by
+    side, with a mask that lets each query see one of every pair. recent
+    is a tensor (a buffer kvtorch sets at run time); 0 is the hooked
+    attention of body."""
+    t, s = query.shape[-2], key.shape[-2]
+    if attention_mask is None:
+        allowed = torch.ones(t, s, dtype=torch.bool, device=query.device).tril(s - t)[None, None]
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask[..., :s]
+    else:  # an additive mask: 0 where attended, the dtype's minimum (or -inf) where not
+        allowed = attention_mask[..., :s] > torch.finfo(attention_mask.dtype).min / 2
+    qpos = torch.ones_like(query[0, 0, :, 0]).cumsum(0) - 1 + (s - t)  # with a traced T
+    kpos = torch.ones_like(key[0, 0, :, 0]).cumsum(0) - 1
+    near = (qpos[:, None] - kpos[None, :]) < recent
+    mask = torch.cat([allowed & ~near, allowed & near], dim=-1)
+    inner, eager = attention.inner(module)
+    if eager:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~mask, torch.finfo(query.dtype).min)
+    return inner(module, query, torch.cat([key_hat, key], dim=2), torch.cat([value_hat, value], dim=2), mask, **kwargs)
 
 
 # The methods an export has besides forward (kvtorch.json "methods"): kv
@@ -112,20 +158,25 @@ def traced_attention(module, query, key, value, attention_mask, **kwargs):
 # no compression hooks, no LM head, the last layer stopped after its K/V
 # projections); body runs the decoder without the LM head, hooks included;
 # head is the LM head alone (applied by kvtorch to a few positions at a time,
-# so that a window's logits never exist whole).
-METHODS = ("kv", "body", "head")
+# so that a window's logits never exist whole); recent is body with the keys
+# and values of the last recent_tokens positions (a buffer) taken exact by
+# every query, the hooked ones before them (not for mla_latent exports).
+METHODS = ("kv", "body", "head", "recent")
 
 
 class Exported(nn.Module):
     """forward(ids) -> (logits, keys, values); kv(ids) -> (keys, values);
     body(ids) -> (hidden, keys, values), the decoder's output after its final
-    norm; head(hidden) -> logits. head(body(ids)[0]) is forward(ids)[0]."""
+    norm; head(hidden) -> logits. head(body(ids)[0]) is forward(ids)[0].
+    recent(ids) is body with the recent window of the buffer recent_tokens."""
 
     def __init__(self, model, kv_source, mode):
         super().__init__()
         self.model = model
         self.kv_source = kv_source
         self.mode = mode
+        self.register_buffer("recent_tokens", torch.tensor(0.0, device=next(model.parameters()).device))
+        mode.owner = self
 
     def _run(self, module, input_ids):
         """Runs module (the causal LM, or its decoder) and returns its output
@@ -166,6 +217,13 @@ class Exported(nn.Module):
     def body(self, input_ids):
         out, keys, values = self._run(self.model.model, input_ids)
         return out.last_hidden_state, keys, values
+
+    def recent(self, input_ids):
+        self.mode.recent = True
+        try:
+            return self.body(input_ids)
+        finally:
+            self.mode.recent = False
 
     def head(self, hidden):
         logits = self.model.lm_head(hidden)
@@ -397,8 +455,10 @@ def export(model, tokenizer, kv_source, device, out, name, trace_len=16):
     example = torch.randint(0, cfg.vocab_size, (2, trace_len), device=device)
     with torch.no_grad():
         hidden = wrapper.body(example)[0]
-        traced = torch.jit.trace_module(wrapper, {"forward": (example,), "kv": (example,), "body": (example,),
-                                                  "head": (hidden,)}, strict=False, check_trace=False)
+        methods = {"forward": (example,), "kv": (example,), "body": (example,), "head": (hidden,)}
+        if kv_source != "mla_latent":
+            methods["recent"] = (example,)
+        traced = torch.jit.trace_module(wrapper, methods, strict=False, check_trace=False)
     # e.g. "model.model.layers.0.self_attn" -> "model.model.layers.{layer}.self_attn"
     prefix = re.sub(r"\.0(\.|$)", r".{layer}\1", hook_prefix(wrapper, attention_modules(model)[0]), count=1)
     bos = tokenizer.bos if tokenizer.bos is not None else first_id(getattr(cfg, "bos_token_id", None))
@@ -406,7 +466,7 @@ def export(model, tokenizer, kv_source, device, out, name, trace_len=16):
     add_bos = tokenizer.add_bos if tokenizer.add_bos is not None else adds_bos(tokenizer.kvtorch_json, bos)
     meta = {
         "format_version": FORMAT_VERSION,
-        "methods": list(METHODS),
+        "methods": [m for m in METHODS if m in methods],
         "name": name,
         "architecture": mt,
         "n_layers": cfg.num_hidden_layers,

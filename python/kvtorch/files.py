@@ -227,6 +227,9 @@ def check_preset(p):
     sinks = p.get("sink_tokens", 0)
     if sinks >= p["eval"]["seq_len"]:
         raise KVTorchError(f"sink_tokens {sinks} (want 0 to seq_len - 1)")
+    recent = p.get("recent_tokens", 0)
+    if version < 4 and "recent_tokens" in p:
+        raise KVTorchError(f"recent_tokens in a version {version} preset")
     if version == 1 and "context_length" in p:
         raise KVTorchError("context_length in a version 1 preset")
     if version >= 2 and "context_length" not in p:
@@ -255,7 +258,7 @@ def check_preset(p):
         raise KVTorchError(f"bytes_per_token_before {p['bytes_per_token_before']} does not match the shapes ({before})")
     if version >= 2:
         context = p["context_length"]
-        s = min(sinks, context) if any_compressed else context
+        s = min(sinks + recent, context) if any_compressed else context
         after = (s * before + (context - s) * compressed) / context
         if p.get("bytes_per_token_compressed") != compressed or abs(after - p["bytes_per_token_after"]) > 1e-6 * after:
             raise KVTorchError(f"bytes_per_token_compressed {p.get('bytes_per_token_compressed')} / after "

@@ -117,7 +117,7 @@ def test_default_hooks_and_kv(arch, kv, tmp_path):
     # values without the hooks or the LM head; head(body) is forward's
     # logits, hooks included; at lengths past the trace's and the sliding
     # window's.
-    assert meta["methods"] == ["kv", "body", "head"]
+    assert meta["methods"] == (["kv", "body", "head"] if kv == "mla_latent" else ["kv", "body", "head", "recent"])
     ids = torch.randint(0, 512, (2, 37), generator=torch.Generator().manual_seed(4))
     buffers = dict(m.named_buffers())
     with torch.no_grad():
@@ -279,3 +279,86 @@ def test_export_never_replaces_an_input(tmp_path):
     if not torch.cuda.is_available():
         r = run_export(str(folder), "-o", str(tmp_path / "m.pt"), "--device", "cuda")
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no CUDA device" in r.stderr, r.stderr
+
+
+def recent_reference(arch, kv, ids, recent):
+    """The tiny model's logits with every K/V quantized to 4 bits (keys
+    before RoPE for pre_rope) except, for each query, the keys and values of
+    the last `recent` positions, one query and one key at a time in plain
+    torch."""
+    model = tiny_model(arch)
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    def quant(x):
+        e = x.shape[1] * x.shape[3]
+        return project_eager(x, torch.eye(e), torch.eye(e), torch.zeros(e), bits=4)
+    pre = {}
+    if kv == "pre_rope":  # the true pre-RoPE keys, from the projection (or k_norm)
+        layout = export.KEY_NORM_LAYOUT.get(arch, "flat")
+        h = model.config.num_key_value_heads
+        for i, layer in enumerate(model.model.layers):
+            a = layer.self_attn
+            kmod = a.k_norm if hasattr(a, "k_norm") else a.k_proj
+
+            def catch(m, inp, out, i=i, lay=layout if hasattr(a, "k_norm") else "flat"):
+                if lay == "flat":
+                    out = out.view(out.shape[0], out.shape[1], h, -1)
+                pre[i] = out if lay == "bhtd" else out.transpose(1, 2)
+            kmod.register_forward_hook(catch)
+
+    def attn(module, q, k, v, mask, scaling=None, **kw):
+        kh, vh = quant(k), quant(v)
+        if kv == "pre_rope":  # quantized before RoPE, then rotated as the model rotates
+            rot = model.model.rotary_emb
+            pos = torch.arange(k.shape[2])[None]
+            args = (model.config.layer_types[module.layer_idx],) if getattr(rot, "layer_types", None) else ()
+            cos, sin = rot(k, pos, *args)
+            rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
+            kh = rotate(kh, quant(pre[module.layer_idx]), cos, sin)[1]
+        b, hq, t, d = q.shape
+        g = hq // k.shape[1]
+        window = getattr(module, "sliding_window", None)
+        out = torch.zeros(b, t, hq, v.shape[-1])
+        for i in range(t):
+            seen = [j for j in range(i + 1) if window is None or i - j < window]
+            ks = torch.stack([k[:, :, j] if i - j < recent else kh[:, :, j] for j in seen], 2).repeat_interleave(g, 1)
+            vs = torch.stack([v[:, :, j] if i - j < recent else vh[:, :, j] for j in seen], 2).repeat_interleave(g, 1)
+            a = torch.softmax((q[:, :, i:i + 1] @ ks.transpose(-1, -2)) * scaling, -1)
+            out[:, i] = (a @ vs)[:, :, 0]
+        return out, None
+    AttentionInterface.register("recent_reference", attn)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("recent_reference", sdpa_mask)
+    model.set_attn_implementation("recent_reference")
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text"])
+@pytest.mark.parametrize("kv", ["pre_rope", "post_rope"])
+def test_recent_window(arch, kv, tmp_path):
+    """The recent method (issue 19): with recent_tokens 0 it is body, past
+    the sequence's length the model unhooked, and in between each query
+    takes the true K/V of its last recent positions and the hooked ones
+    before them, within the model's sliding window (8), as a one-query-at-a-
+    time reference computes it."""
+    m, meta = exported(arch, kv, tmp_path)
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(5))
+    buffers = dict(m.named_buffers())
+    with torch.no_grad():
+        plain = m.head(m.body(ids)[0])
+        for i in range(meta["n_layers"]):
+            for kind in ("k", "v"):
+                buffers[meta["hook"][kind].format(layer=i) + ".bits"].fill_(4.0)
+        hooked, k0, v0 = m.body(ids)
+        hidden, k1, v1 = m.recent(ids)
+        assert torch.equal(hidden, hooked)
+        for a, b in zip(k0 + v0, k1 + v1):  # the true keys and values, as body gives them
+            assert torch.equal(a, b)
+        buffers["recent_tokens"].fill_(40)
+        torch.testing.assert_close(m.head(m.recent(ids)[0]), plain, rtol=1e-5, atol=1e-5)
+        buffers["recent_tokens"].fill_(5)
+        got = m.head(m.recent(ids)[0])
+    want = recent_reference(arch, kv, ids, 5)
+    assert (want - m.head(hooked)).abs().max() > 1e-3 and (want - plain).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
