@@ -280,6 +280,10 @@ class KVTorchLayer(CacheLayerMixin):
         self.sink_k = self.sink_v = None  # float16 [B, H, s, D]: each row's tokens at positions 0 .. s-1
         self.sink_valid = None  # bool [B, s]: which are stored
         self.sink_at = None  # int64 [B, s]: where (index in T)
+        self.recent = cache.preset.recent  # R: every query takes the exact K/V of its last R positions
+        self.ring_k = self.ring_v = None  # float16 [B, H, w <= R, D]: the last tokens stored, K after RoPE
+        self.ring_at = 0  # the index in T of the ring's first token
+        self.window = None  # during one forward: (K, V, start) of the ring before it and the new tokens
         self.pending = None
         self._rebuilt = None  # keys rebuilt during one long attend call
 
@@ -305,6 +309,7 @@ class KVTorchLayer(CacheLayerMixin):
         start = self.get_seq_length()
         pos = torch.arange(start, start + t, device=key_states.device)[None].expand(b, t)
         self.append(key_states, value_states, pos)
+        self.window = None  # the ring stands in for it in expanded(): exact for one query at a time
         return self.expanded()
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -318,7 +323,8 @@ class KVTorchLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.zk = self.zv = self.first = self.sink_k = self.sink_v = self.sink_valid = self.sink_at = None
-        self.length = 0
+        self.ring_k = self.ring_v = self.window = None
+        self.length = self.ring_at = 0
 
     def crop(self, tokens_to_remove: int) -> None:
         n = self.get_seq_length()
@@ -329,10 +335,13 @@ class KVTorchLayer(CacheLayerMixin):
         self.length = keep  # the buffers stay, for the tokens to come
         if self.sink_at is not None:  # sinks stored at or past the cut are gone
             self.sink_valid = self.sink_valid & (self.sink_at < keep)
+        if self.ring_k is not None:  # so are the ring's; tokens before it are read from their latents
+            n = max(keep - self.ring_at, 0)
+            self.ring_k, self.ring_v = self.ring_k[..., :n, :], self.ring_v[..., :n, :]
 
     def _select(self, fn: Any) -> None:
         self.zk, self.zv = self.zk.select(fn), self.zv.select(fn)
-        for name in ("first", "sink_k", "sink_v", "sink_valid", "sink_at"):
+        for name in ("first", "sink_k", "sink_v", "sink_valid", "sink_at", "ring_k", "ring_v"):
             if getattr(self, name) is not None:
                 setattr(self, name, fn(getattr(self, name)))
 
@@ -392,6 +401,8 @@ class KVTorchLayer(CacheLayerMixin):
         self.zk = self.sides["k"].write(self.zk, k, start)
         self.zv = self.sides["v"].write(self.zv, value_states, start)
         self.length += t
+        if self.recent:
+            self._keep_recent(key_states, value_states, start)
         s = p.sinks
         if not s:
             return
@@ -411,6 +422,31 @@ class KVTorchLayer(CacheLayerMixin):
             self.sink_at[rows, slots] = start + cols
             self.sink_valid[rows, slots] = True
 
+    def _keep_recent(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> None:
+        """The window of this forward (the ring and the new tokens, exact)
+        and the ring after it: the last R tokens."""
+        k, v = key_states.to(torch.float16), value_states.to(torch.float16)
+        if self.ring_k is None or not self.ring_k.shape[-2]:
+            at = start
+        else:
+            k, v, at = torch.cat([self.ring_k, k], dim=-2), torch.cat([self.ring_v, v], dim=-2), self.ring_at
+        self.window = (k, v, at)
+        n = min(self.recent, k.shape[-2])
+        self.ring_k, self.ring_v = k[..., -n:, :].clone(), v[..., -n:, :].clone()
+        self.ring_at = self.length - n
+
+    def recent_masks(self, mask: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the last q of the T stored tokens as queries and a boolean mask
+        [B, 1, q, T] (the model's): the mask of the stored tokens' latents
+        (those R or more positions back, or not in the window) and of the
+        window's exact tokens (fewer than R back)."""
+        t = self.length
+        at = self.window[2]
+        j = torch.arange(t, device=mask.device)
+        dist = torch.arange(t - q, t, device=mask.device)[:, None] - j[None]
+        far = (dist >= self.recent) | (j < at)[None]
+        return mask & far, (mask & ~far)[..., at:]
+
     def expanded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every stored token's K (after RoPE) and V, for other attentions."""
         p = self.preset
@@ -424,6 +460,10 @@ class KVTorchLayer(CacheLayerMixin):
             at = self.sink_at[rows, slots]
             k[rows, :, at] = self.sink_k[rows, :, slots].to(k.dtype)
             v[rows, :, at] = self.sink_v[rows, :, slots].to(v.dtype)
+        if self.ring_k is not None:  # the last R tokens, exact: no query reads them R or more back
+            n = self.ring_k.shape[-2]
+            k[..., self.ring_at:self.ring_at + n, :] = self.ring_k.to(k.dtype)
+            v[..., self.ring_at:self.ring_at + n, :] = self.ring_v.to(v.dtype)
         return k.to(self.dtype), v.to(self.dtype)
 
     def nbytes(self) -> int:
@@ -435,6 +475,8 @@ class KVTorchLayer(CacheLayerMixin):
                 n += z.nbytes(self.length)
         if self.sink_k is not None:
             n += self.sink_k.numel() * 2 + self.sink_v.numel() * 2
+        if self.ring_k is not None:
+            n += self.ring_k.numel() * 2 + self.ring_v.numel() * 2
         return n
 
     # -- attention on the latents
@@ -447,38 +489,49 @@ class KVTorchLayer(CacheLayerMixin):
         queries at a time, fewer where [B, Hq, QBLOCK, T] scores would
         pass SCORES; keys rebuilt for one block are reused by the next."""
         q, t = query.shape[-2], self.get_seq_length()
-        if mask is None and q == 1:
+        if mask is None and q == 1 and not self.recent:
             return self._attend(query, None, scaling, softcap)  # a decoding step: every token attended
         if mask is None:
             mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
         elif mask.dtype != torch.bool:
             mask = mask > -1  # an additive float mask: -inf (or its finite floor) where masked
         step = max(1, min(QBLOCK, SCORES // (query.shape[0] * query.shape[1] * t)))
+        window = None
+        if self.recent:
+            mask, wmask = self.recent_masks(mask.expand(query.shape[0], 1, q, t), q)
+            window = self.window[:2]
         if q <= step:
-            return self._attend(query, mask, scaling, softcap)
+            return self._attend(query, mask, scaling, softcap, window, None if window is None else wmask)
         self._rebuilt = {}
         try:
-            return torch.cat([self._attend(query[:, :, i:i + step], mask[..., i:i + step, :], scaling, softcap)
+            return torch.cat([self._attend(query[:, :, i:i + step], mask[..., i:i + step, :], scaling, softcap,
+                                           window, None if window is None else wmask[..., i:i + step, :])
                               for i in range(0, q, step)], dim=1)
         finally:
             self._rebuilt = None
 
     def _attend(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-                softcap: float | None) -> torch.Tensor:
+                softcap: float | None, window: tuple[torch.Tensor, torch.Tensor] | None = None,
+                wmask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: of the stored tokens' latents; window: the exact K, V of
+        the recent window's tokens and wmask their mask (with a mask)."""
         b, hq, q, d = query.shape
         t = self.get_seq_length()
         hkv = self.preset.heads
         g = hq // hkv
         qf = query.float().reshape(b, hkv, g * q, d) * scaling  # the query heads of a KV head side by side
         sinks = 0 if self.sink_k is None else self.sink_at.shape[-1]
-        n = sinks + t
-        scores = torch.empty(b, hkv, g * q, n, device=qf.device)  # the sinks' first, then every stored token's
+        w = 0 if window is None else window[0].shape[-2]
+        n = sinks + t + w
+        scores = torch.empty(b, hkv, g * q, n, device=qf.device)  # the sinks', every stored token's, the window's
         if self._rebuilds():
-            scores[..., sinks:] = self._rebuilt_key_scores(qf)
+            scores[..., sinks:sinks + t] = self._rebuilt_key_scores(qf)
         else:
-            self.sides["k"].scores(qf, self.zk, t, scores[..., sinks:])
+            self.sides["k"].scores(qf, self.zk, t, scores[..., sinks:sinks + t])
         if sinks:
             torch.matmul(qf, self.sink_k.float().transpose(-1, -2), out=scores[..., :sinks])
+        if w:
+            torch.matmul(qf, window[0].float().transpose(-1, -2), out=scores[..., sinks + t:])
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if mask is None:  # one query per row, every token attended
@@ -493,16 +546,22 @@ class KVTorchLayer(CacheLayerMixin):
         else:
             mask = mask.expand(b, 1, q, t)
             if sinks:
+                # A sink's exact K/V take its latents' place (the latents'
+                # mask gathered: not where the window has it).
                 at = self.sink_at.clamp(max=t - 1)[:, None, None, :].expand(b, 1, q, sinks)  # slots past a crop: not valid
                 sink_mask = mask.gather(-1, at) & self.sink_valid[:, None, None, :]
                 pos = self.positions(0, t)
                 is_sink = (pos >= 0) & (pos < sinks)
                 mask = torch.cat([sink_mask, mask & ~is_sink[:, None, None, :]], dim=-1)
+            if w:
+                mask = torch.cat([mask, wmask.expand(b, 1, q, w)], dim=-1)
             scores = scores.view(b, hkv, g, q, n).masked_fill(~mask.view(b, 1, 1, q, n), float("-inf"))
             a = torch.softmax(scores, dim=-1).nan_to_num(0.0).view(b, hkv, g * q, n)  # a fully masked row attends to nothing
-        out = self._values(a[..., sinks:])  # [B, Hkv, G*q, D]
+        out = self._values(a[..., sinks:sinks + t])  # [B, Hkv, G*q, D]
         if sinks:
             out = out + torch.matmul(a[..., :sinks], self.sink_v.float())
+        if w:
+            out = out + torch.matmul(a[..., sinks + t:], window[1].float())
         return out.view(b, hq, q, -1).transpose(1, 2).to(query.dtype)
 
     def _rebuilds(self) -> bool:
@@ -550,12 +609,31 @@ def kvtorch_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         own = attention_mask[:, 0, -t:, -t:].diagonal(dim1=-2, dim2=-1)
         pos = pos.masked_fill(~own, -1)
     layer.append(k_new, v_new, pos)
+    try:
+        return _latent_attention(layer, module, query, attention_mask, scaling, dropout, **kwargs)
+    finally:
+        layer.window = None  # the new tokens' exact K/V live for this call only
+
+
+def _latent_attention(layer: "KVTorchLayer", module: Any, query: torch.Tensor, attention_mask: torch.Tensor | None,
+                      scaling: float | None, dropout: float, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     if query.shape[-2] >= PROMPT:
         # A prompt: the model's own attention over this layer's K/V
         # expanded from what was stored (the values the latents stand
         # for), cheaper than scoring many queries on latents; the
         # expansion lives for this call only.
         key, value = layer.expanded()
+        if layer.recent:  # the window's exact K/V side by side, each query taking one of every pair
+            q, t = query.shape[-2], key.shape[-2]
+            mask = attention_mask
+            if mask is None:
+                mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
+            elif mask.dtype != torch.bool:
+                mask = mask > -1  # an additive float mask: -inf (or its finite floor) where masked
+            mask, wmask = layer.recent_masks(mask[..., :t].expand(query.shape[0], 1, q, t), q)
+            wk, wv, _ = layer.window
+            key, value = torch.cat([key, wk.to(key.dtype)], dim=-2), torch.cat([value, wv.to(value.dtype)], dim=-2)
+            attention_mask = torch.cat([mask, wmask], dim=-1)
         return _own_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if scaling is None:
         scaling = module.head_dim ** -0.5

@@ -142,6 +142,7 @@ class Preset:
         self.kv_source = p["kv_source"]
         self.heads = p["n_kv_heads"]
         self.sinks = p.get("sink_tokens", 0)
+        self.recent = p.get("recent_tokens", 0)  # every query's last positions taken exact
         self.layers = []
         for l, pl in enumerate(p["layers"]):
             sides = {}
@@ -239,11 +240,16 @@ class Preset:
 
     def apply(self, model, meta):
         """Sets the hooks of an exported model (torch.jit.load of a kvtorch
-        export; meta: its kvtorch.json as a dict) to this preset, in place."""
+        export; meta: its kvtorch.json as a dict) to this preset, in place,
+        and its recent_tokens buffer to the preset's recent window (which
+        model.recent(ids) applies; body and forward have none)."""
         if meta.get("format_version") != 2:
             raise ValueError("the model's hooks are not of format 2: export it again with python -m kvtorch.export")
         if meta["n_layers"] != len(self.layers) or meta["n_kv_heads"] != self.heads:
             raise ValueError("the preset was made for a model of another shape")
+        if self.recent and "recent" not in meta.get("methods", []):
+            raise ValueError("the preset keeps a recent window, which needs the model's recent method: "
+                             "export it again with python -m kvtorch.export")
         with torch.no_grad():
             for l in range(len(self.layers)):
                 for kind in KINDS:
@@ -252,6 +258,8 @@ class Preset:
                         hook = getattr(hook, part)
                     for name, t in self.hook_buffers(l, kind).items():
                         getattr(hook, name).copy_(t)
+            if "recent" in meta.get("methods", []):  # model.recent(ids) computes the window
+                model.recent_tokens.fill_(float(self.recent))
 
     def bytes_per_token(self, layer):
         """The preset's accounting for a layer (both sides), per compressed token."""

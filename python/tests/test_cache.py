@@ -284,3 +284,61 @@ def test_all_padding_row(calibrated, tmp_path):
         got = m.generate(batch, attention_mask=mask, past_key_values=KVTorchCache(preset, m), max_new_tokens=8,
                          pad_token_id=0, do_sample=False)
     assert torch.equal(got, want), (got, want)
+
+
+RECENT = [("llama", "post_rope", ["--basis", "joint", "--rank-k", "12", "--rank-v", "20", "--bits", "8", "--recent", "6"]),
+          ("llama", "pre_rope", ["--basis", "joint", "--rank-k", "12", "--rank-v", "20", "--bits", "4", "--recent", "6"]),
+          ("gemma3_text", "pre_rope", ["--basis", "head", "--rank-k", "12", "--rank-v", "12", "--bits", "4", "--sinks", "2",
+                                       "--recent", "5"])]
+
+
+@pytest.mark.parametrize("arch,kv,setting", RECENT)
+def test_recent_window(calibrated, tmp_path, monkeypatch, arch, kv, setting):
+    """A preset with a recent window (issue 19): through the cache, each
+    position's logits are the exported model's recent method with the
+    preset applied (what kvtorch eval measures), whether the prompt comes
+    at once (attended on expanded K/V, or on the latents), a few tokens at a
+    time or one at a time (Gemma 3: a sliding window of 8 too); the ring of
+    the last R tokens is counted in nbytes, and a crop keeps what it can."""
+    import json
+
+    recent = int(setting[setting.index("--recent") + 1])
+    preset = preset_for(calibrated, tmp_path, arch, kv, *setting)
+    assert preset.recent == recent and preset.preset["recent_tokens"] == recent
+    extra = {"kvtorch.json": ""}
+    hooked = torch.jit.load(calibrated(arch, kv)[0], _extra_files=extra)
+    preset.apply(hooked, json.loads(extra["kvtorch.json"]))
+    m = tiny_model(arch)
+    x = ids(40, batch=2)
+    with torch.no_grad():
+        want = hooked.head(hooked.recent(x)[0]).float()
+        without = hooked.head(hooked.body(x)[0]).float()  # the same preset, no window
+    effect = (without - want).abs().max()
+    assert effect > 1e-3
+    for prompt in (kvcache.PROMPT, 1 << 30):  # expanded K/V, or the latents
+        monkeypatch.setattr(kvcache, "PROMPT", prompt)
+        err = (logits(m, x, KVTorchCache(preset, m)) - want).abs().max()
+        assert err < 0.02 * effect, (prompt, err, effect)
+    monkeypatch.setattr(kvcache, "PROMPT", 32)
+    for step in (1, 3):
+        cache = KVTorchCache(preset, m)
+        parts = [logits(m, x[:, :10], cache)]
+        for i in range(10, 40, step):
+            parts.append(logits(m, x[:, i:i + step], cache))
+        got = torch.cat(parts, dim=1)
+        assert (got - want).abs().max() < 0.02 * effect, (step, (got - want).abs().max(), effect)
+    # The ring: R tokens of every layer at float16, besides the latents.
+    layer = cache.layers[0]
+    assert layer.ring_k.shape[-2] == recent and layer.ring_at == 40 - recent and layer.window is None
+    h, dk, dv = preset.heads, preset.side(0, "k").dim, preset.side(0, "v").dim
+    assert layer.nbytes() - layer.zk.nbytes(40) - layer.zv.nbytes(40) - (0 if layer.sink_k is None else
+                                                                          (layer.sink_k.numel() + layer.sink_v.numel()) * 2) \
+        == 2 * recent * h * (dk + dv) * 2
+    # A crop past the ring's start: the ring keeps the tokens before the
+    # cut; tokens in the new queries' windows whose exact copies went with
+    # the ring's older part are read from their latents, so the logits
+    # land between the window's and none's.
+    cache.crop(36)
+    assert layer.ring_k.shape[-2] == recent - 4
+    again = logits(m, x[:, 36:40], cache)
+    assert (again - want[:, 36:40]).abs().max() < (without[:, 36:40] - want[:, 36:40]).abs().max()
