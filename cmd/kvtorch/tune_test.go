@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,48 @@ func TestFullRankEqualsBaseline(t *testing.T) {
 	}
 	if d := rep.Rows[1].PPL/rep.Baseline - 1; d > 1e-6 || d < -1e-6 || rep.Rows[1].Ratio != 1 {
 		t.Fatalf("full rank: ppl %v vs baseline %v (ratio %v)", rep.Rows[1].PPL, rep.Baseline, rep.Rows[1].Ratio)
+	}
+}
+
+// TestRecentWindow: eval --recent measures a setting with a recent window
+// and writes it into the preset (recent_tokens, counted at full size);
+// check measures the preset with its window; --recent 0 on the preset
+// takes the window away; tune --recent keeps it in what it writes.
+func TestRecentWindow(t *testing.T) {
+	model, cal, evalDir := tinyCalibrated(t)
+	dir := t.TempDir()
+	preset := filepath.Join(dir, "p.json")
+	args := []string{"--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64", "--rank-k", "4", "--rank-v", "4", "--bits", "4"}
+	none := runEval(t, args...)
+	with := runEval(t, append(args, "--recent", "16", "--output", preset)...)
+	delta := func(r evalReport) float64 { return r.Rows[1].PPL/r.Baseline - 1 }
+	if !strings.Contains(with.Rows[1].Label, "recent 16") || !(delta(with) < delta(none)) || !(with.Rows[1].Ratio < none.Rows[1].Ratio) {
+		t.Fatalf("with a window of 16: %+v; without: %+v", with.Rows[1], none.Rows[1])
+	}
+	p, err := kvfile.LoadPreset(preset)
+	if err != nil || p.RecentTokens != 16 || p.Version != kvfile.PresetVersion {
+		t.Fatalf("preset: %v %+v", err, p)
+	}
+	code, out, e := runCLI("check", "--json", "--preset", preset, "--max-ppl-delta", "10")
+	var rep struct {
+		Delta float64 `json:"ppl_delta"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || math.Abs(rep.Delta-delta(with)) > 1e-9 {
+		t.Fatalf("check of a preset with a window: exit %d, %+v (eval measured %v)\n%s%s", code, rep, delta(with), out, e)
+	}
+	if again := runEval(t, "--model", model, "--preset", preset, "--texts", evalDir, "--seq-len", "64", "--recent", "0"); math.Abs(delta(again)-delta(none)) > 1e-9 {
+		t.Fatalf("--recent 0 on the preset: %v, want %v", delta(again), delta(none))
+	}
+	tuned := filepath.Join(dir, "tuned.json")
+	if code, _, e := runCLI("tune", "-q", "--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64",
+		"--recent", "8", "--max-evaluations", "3", "--output", tuned); code != 0 {
+		t.Fatal(e)
+	}
+	if p, err := kvfile.LoadPreset(tuned); err != nil || p.RecentTokens != 8 {
+		t.Fatalf("tune --recent 8: %v %+v", err, p)
+	}
+	if code, _, e := runCLI("eval", "--model", model, "--calibration", cal, "--texts", evalDir, "--recent", "-1"); code != 2 || !strings.Contains(e, "--recent -1") {
+		t.Fatalf("--recent -1: exit %d %s", code, e)
 	}
 }
 

@@ -28,7 +28,11 @@ usable with DynamicCache. Per layer and per decoding step:
   is False) with torch, BLOCK tokens converted at a time;
 - each row's first sink_tokens tokens (positions below the preset's
   sink_tokens, after any left padding) are kept exact, as kvtorch eval
-  measured them.
+  measured them;
+- with a recent window (the preset's recent_tokens, R), each layer keeps a
+  float16 ring of its last R tokens (K after RoPE): every query takes the
+  exact K/V of the tokens fewer than R positions back and the latents of
+  older ones, as the exported model's recent method (kvtorch eval) does.
 
 A prompt (PROMPT or more new tokens at once) is attended by the model's own
 attention over the layer's K/V expanded from what was just stored: the same
@@ -42,9 +46,9 @@ each row's first real token (as generate makes them).
 
 Storage (kvtorch.latent.Store): the latents of every token (float16, or int8
 / packed 4-bit with a float16 scale per token and group), by tiles of 32
-tokens, and float16 copies of each row's sink tokens: nbytes() =
-sink_tokens · bytes_per_token_before + T · bytes_per_token_compressed bytes
-after T tokens per row (the preset counts the sinks' latents out; the cache
+tokens, float16 copies of each row's sink tokens and the ring: nbytes() =
+(sink_tokens + min(R, T)) · bytes_per_token_before + T ·
+bytes_per_token_compressed bytes after T tokens per row (the preset counts the sinks' latents out; the cache
 keeps them, 4 tokens' worth, so that every position has its latents). The
 buffers grow as tokens come, leaving room for max(16, T/64) more tokens
 rounded up to a tile, so that a decoding step copies nothing.
