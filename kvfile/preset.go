@@ -259,6 +259,11 @@ func ParsePreset(b []byte) (*Preset, error) {
 	if err := json.Unmarshal(b, &p); err != nil { // every key is exactly a field's: checked above
 		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
+	if obj, ok := v.(map[string]any); ok && p.Version < 4 {
+		if _, has := obj["recent_tokens"]; has {
+			return nil, fmt.Errorf("%w: recent_tokens in a version %d preset", ErrFormat, p.Version)
+		}
+	}
 	if err := p.check(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
@@ -285,8 +290,8 @@ func (p *Preset) check() error {
 		return fmt.Errorf("eval: seq_len %d and tokens %d (want at least 2 and 1)", p.Eval.SeqLen, p.Eval.Tokens)
 	case p.SinkTokens < 0 || p.SinkTokens >= p.Eval.SeqLen:
 		return fmt.Errorf("sink_tokens %d (want 0 to seq_len − 1)", p.SinkTokens)
-	case p.RecentTokens < 0 || p.Version < 4 && p.RecentTokens != 0:
-		return fmt.Errorf("recent_tokens %d in a version %d preset (want 0 or more, in version 4)", p.RecentTokens, p.Version)
+	case p.RecentTokens < 0:
+		return fmt.Errorf("recent_tokens %d (want 0 or more)", p.RecentTokens)
 	case p.Version == 1 && p.ContextLength != 0:
 		return fmt.Errorf("context_length in a version 1 preset")
 	case p.Version >= 2 && p.ContextLength < 1:
