@@ -13,7 +13,9 @@ import (
 // of calibration cal (which must be the model's; see kvtorch.Session). An
 // uncompressed side gets the identity, so it is exactly unchanged. Hooks
 // that already hold what s asks are left alone, so settings that differ in
-// a few layers are quick to apply one after another.
+// a few layers are quick to apply one after another. A recent window
+// (s.Recent) goes into the model's recent_tokens buffer, and Body then runs
+// the recent method; a model without it refuses a window (ErrContract).
 //
 // A per-head side: the first Rank columns of each head's basis, latents
 // quantized per token and head by absmax. A joint side: the first Rank
