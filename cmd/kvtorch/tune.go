@@ -31,9 +31,10 @@ var tuneCommand = &cli.Command{
 		"bracketed on the budget (a dozen full measurements at most); each delta is printed with a\n" +
 		"90% interval, and a preset whose interval is far wider than the budget says so. Bases are\n" +
 		"joint over the KV heads unless --basis head; the first --sinks tokens and every query's last\n" +
-		"--recent positions stay uncompressed and are counted at full size at --context tokens. Every measurement is printed with its number\n" +
-		"and an ETA. Writes the preset (docs/preset-format.md); --check-texts records its delta on\n" +
-		"held-out text of kinds it was not tuned on.",
+		"--recent positions stay uncompressed and are counted at full size at --context tokens.\n" +
+		"Every measurement is printed with its number and an ETA. Writes the preset\n" +
+		"(docs/preset-format.md); --check-texts records its delta on held-out text of kinds it was\n" +
+		"not tuned on.",
 	Flags: append(evalFlags(),
 		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "perplexity budget as a fraction (0.05: +5%)"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides to compress: k, v or kv"},
