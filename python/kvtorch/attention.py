@@ -8,6 +8,8 @@ sdpa everywhere, except where the model soft-caps its attention logits
 import sys
 from typing import Any, Callable
 
+import torch
+
 
 def implementation(config: Any) -> str:
     """"sdpa", or "eager" for a model that soft-caps attention logits."""
@@ -23,3 +25,21 @@ def inner(module: Any) -> tuple[Callable[..., Any], bool]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward, False
+
+
+def boolean_mask(mask: torch.Tensor | None, q: int, t: int, device: torch.device) -> torch.Tensor:
+    """A model's attention mask for the last q of t positions as booleans
+    (True: attended): causal for None (sdpa's plain causal attention), an
+    additive float mask read (0 where attended, -inf or the dtype's minimum
+    where not)."""
+    if mask is None:
+        return torch.ones(q, t, dtype=torch.bool, device=device).tril(t - q)[None, None]
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as eager attention adds it to the scores: 0 where
+    attended, the dtype's minimum where not."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -48,8 +48,9 @@ Storage (kvtorch.latent.Store): the latents of every token (float16, or int8
 / packed 4-bit with a float16 scale per token and group), by tiles of 32
 tokens, float16 copies of each row's sink tokens and the ring: nbytes() =
 (sink_tokens + min(R, T)) · bytes_per_token_before + T ·
-bytes_per_token_compressed bytes after T tokens per row (the preset counts the sinks' latents out; the cache
-keeps them, 4 tokens' worth, so that every position has its latents). The
+bytes_per_token_compressed bytes after T tokens per row (the preset counts
+the latents of the sinks and of the window's tokens out; the cache keeps
+them, so that every position has its latents). The
 buffers grow as tokens come, leaving room for max(16, T/64) more tokens
 rounded up to a tile, so that a decoding step copies nothing.
 """
@@ -495,10 +496,7 @@ class KVTorchLayer(CacheLayerMixin):
         q, t = query.shape[-2], self.get_seq_length()
         if mask is None and q == 1 and not self.recent:
             return self._attend(query, None, scaling, softcap)  # a decoding step: every token attended
-        if mask is None:
-            mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
-        elif mask.dtype != torch.bool:
-            mask = mask > -1  # an additive float mask: -inf (or its finite floor) where masked
+        mask = attention.boolean_mask(mask, q, t, query.device)
         step = max(1, min(QBLOCK, SCORES // (query.shape[0] * query.shape[1] * t)))
         window = None
         if self.recent:
@@ -629,11 +627,7 @@ def _latent_attention(layer: "KVTorchLayer", module: Any, query: torch.Tensor, a
         key, value = layer.expanded()
         if layer.recent:  # the window's exact K/V side by side, each query taking one of every pair
             q, t = query.shape[-2], key.shape[-2]
-            mask = attention_mask
-            if mask is None:
-                mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
-            elif mask.dtype != torch.bool:
-                mask = mask > -1  # an additive float mask: -inf (or its finite floor) where masked
+            mask = attention.boolean_mask(attention_mask, q, t, query.device)
             mask, wmask = layer.recent_masks(mask[..., :t].expand(query.shape[0], 1, q, t), q)
             wk, wv, _ = layer.window
             key, value = torch.cat([key, wk.to(key.dtype)], dim=-2), torch.cat([value, wv.to(value.dtype)], dim=-2)
@@ -652,11 +646,8 @@ def _own_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
     if eager and (attention_mask is None or attention_mask.dtype == torch.bool):
         # Masks are made as sdpa's: boolean, or None for plain causal
         # attention; eager attention adds a float mask to the scores.
-        if attention_mask is None:
-            q, t = query.shape[-2], key.shape[-2]
-            attention_mask = torch.ones(q, t, dtype=torch.bool, device=query.device).tril(t - q)[None, None]
-        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~attention_mask, torch.finfo(query.dtype).min)
+        mask = attention.boolean_mask(attention_mask, query.shape[-2], key.shape[-2], query.device)
+        attention_mask = attention.additive_mask(mask, query.dtype)
     return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 def _check_model(preset: Preset, cfg: Any) -> None:

@@ -136,20 +136,14 @@ def recent_attention(module, query, key_hat, value_hat, key, value, attention_ma
     is a tensor (a buffer kvtorch sets at run time); 0 is the hooked
     attention of body."""
     t, s = query.shape[-2], key.shape[-2]
-    if attention_mask is None:
-        allowed = torch.ones(t, s, dtype=torch.bool, device=query.device).tril(s - t)[None, None]
-    elif attention_mask.dtype == torch.bool:
-        allowed = attention_mask[..., :s]
-    else:  # an additive mask: 0 where attended, the dtype's minimum (or -inf) where not
-        allowed = attention_mask[..., :s] > torch.finfo(attention_mask.dtype).min / 2
+    allowed = attention.boolean_mask(None if attention_mask is None else attention_mask[..., :s], t, s, query.device)
     qpos = torch.ones_like(query[0, 0, :, 0]).cumsum(0) - 1 + (s - t)  # with a traced T
     kpos = torch.ones_like(key[0, 0, :, 0]).cumsum(0) - 1
     near = (qpos[:, None] - kpos[None, :]) < recent
     mask = torch.cat([allowed & ~near, allowed & near], dim=-1)
     inner, eager = attention.inner(module)
     if eager:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~mask, torch.finfo(query.dtype).min)
+        mask = attention.additive_mask(mask, query.dtype)
     return inner(module, query, torch.cat([key_hat, key], dim=2), torch.cat([value_hat, value], dim=2), mask, **kwargs)
 
 
