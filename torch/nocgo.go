@@ -80,3 +80,4 @@ func DefaultDevice() Device         { return CPU }
 func Version() string               { return "none (built without cgo)" }
 func ManualSeed(uint64)             {}
 func MapLargeAllocations(int) bool  { return false }
+func HugePages()                    {}

@@ -195,3 +195,16 @@ func TestManyTensorsKeepRSSFlat(t *testing.T) {
 		t.Fatalf("RSS grew by %d MiB over 100k create/close cycles; want < 16 MiB", growth>>20)
 	}
 }
+
+func TestHugePagesKeepsTheUsersChoice(t *testing.T) {
+	t.Setenv("THP_MEM_ALLOC_ENABLE", "0")
+	HugePages()
+	if got := os.Getenv("THP_MEM_ALLOC_ENABLE"); got != "0" {
+		t.Fatalf("THP_MEM_ALLOC_ENABLE = %q after HugePages, want the user's 0", got)
+	}
+	os.Unsetenv("THP_MEM_ALLOC_ENABLE")
+	HugePages()
+	if got := os.Getenv("THP_MEM_ALLOC_ENABLE"); got != "1" {
+		t.Fatalf("THP_MEM_ALLOC_ENABLE = %q after HugePages, want 1", got)
+	}
+}

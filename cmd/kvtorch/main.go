@@ -78,6 +78,9 @@ func main() {
 	// (eval, 2044 tokens, CPU) peak memory 3.84 GB -> 2.23 GB for 11.3 s ->
 	// 12.9 s; 1 MB gave 1.69 GB at 14.8 s (docs/BENCHMARKS.md).
 	torch.MapLargeAllocations(4 << 20)
+	// And on huge pages: eval --preset at 4,096 tokens on SmolLM2, 2 cores,
+	// 86 s -> 74 s, system time 29.5 s -> 15.9 s (docs/BENCHMARKS.md).
+	torch.HugePages()
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
