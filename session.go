@@ -94,8 +94,9 @@ type Session struct {
 	Baseline float64
 	Options  EvalOptions
 	// Evaluations and Probes count the measurements made (the baselines
-	// are evaluations).
-	Evaluations, Probes int
+	// are evaluations); ProbesRead the probes a search took from the probe
+	// file instead (UseProbeFile).
+	Evaluations, Probes, ProbesRead int
 
 	progress     Progress
 	step, steps  int // numbering of measurements in progress events
@@ -103,6 +104,9 @@ type Session struct {
 	probeWindows [][]int
 	probeBase    *calibration.Reference // the uncompressed model on probeWindows
 	probeSeen    map[string]float64
+	probeFile    string          // where probes are kept (UseProbeFile)
+	probeHeader  probeFile       // its model, calibration and windows
+	probeRead    map[string]bool // probes read from it, not used yet
 }
 
 // Close frees the model and what the session keeps on its device.
@@ -315,17 +319,16 @@ func DeltaInterval(base, comp []float64) (lo, hi float64) {
 // proxy of the perplexity cost (for small changes, Δ log perplexity ≈ KL),
 // and unlike a perplexity difference on few tokens it is never negative.
 func (s *Session) Probe(ctx context.Context, st compress.Setting, label string) (float64, error) {
-	if s.probeBase == nil {
-		// n windows: the kinds in turn, each kind's spread evenly over it.
-		n := max(s.Options.ProbeTokens/(s.Windows.SeqLen-1), 1)
-		s.probeWindows = nil
-		for k, kind := range s.Kinds {
-			all := kind.Windows.Windows
-			share := min((n-k+len(s.Kinds)-1)/len(s.Kinds), len(all)) // windows of this kind
-			for j := 0; j < share; j++ {
-				s.probeWindows = append(s.probeWindows, all[j*len(all)/share])
-			}
+	key := st.Key()
+	if kl, ok := s.probeSeen[key]; ok {
+		if s.probeRead[key] {
+			delete(s.probeRead, key)
+			s.ProbesRead++
 		}
+		return kl, nil
+	}
+	if s.probeBase == nil {
+		s.chooseProbeWindows()
 		if err := calibration.Apply(s.Model.Model, s.Calibration, compress.Uncompressed(s.Model.Geometry())); err != nil {
 			return 0, err
 		}
@@ -335,25 +338,39 @@ func (s *Session) Probe(ctx context.Context, st compress.Setting, label string) 
 		}
 		s.probeBase = base
 	}
-	key := st.Key()
-	kl, ok := s.probeSeen[key]
-	if !ok {
-		if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
-			return 0, err
-		}
-		s.step++
-		ev := Event{Task: "probe", Label: label, Total: len(s.probeWindows), Unit: "windows", Step: s.step, Steps: max(s.steps, s.step)}
-		s.progress.send(ev)
-		var err error
-		if kl, err = calibration.KL(ctx, s.Model.Model, s.probeBase); err != nil {
-			return 0, err
-		}
-		s.Probes++
-		s.probeSeen[key] = kl
-		s.progress.send(Event{Task: "probe", Label: label, Step: s.step, Steps: max(s.steps, s.step), Finished: true, KL: kl,
-			Ratio: st.Ratio(s.Model.Geometry(), s.Options.Context)})
+	if err := calibration.Apply(s.Model.Model, s.Calibration, st); err != nil {
+		return 0, err
 	}
+	s.step++
+	s.progress.send(Event{Task: "probe", Label: label, Total: len(s.probeWindows), Unit: "windows", Step: s.step, Steps: max(s.steps, s.step)})
+	kl, err := calibration.KL(ctx, s.Model.Model, s.probeBase)
+	if err != nil {
+		return 0, err
+	}
+	s.Probes++
+	s.probeSeen[key] = kl
+	if err := s.saveProbes(); err != nil {
+		return 0, fmt.Errorf("kvtorch: probes %s: %w", s.probeFile, err)
+	}
+	s.progress.send(Event{Task: "probe", Label: label, Step: s.step, Steps: max(s.steps, s.step), Finished: true, KL: kl,
+		Ratio: st.Ratio(s.Model.Geometry(), s.Options.Context)})
 	return kl, nil
+}
+
+// chooseProbeWindows picks the probe windows (once): n windows of the
+// kinds in turn, each kind's spread evenly over it.
+func (s *Session) chooseProbeWindows() {
+	if s.probeWindows != nil {
+		return
+	}
+	n := max(s.Options.ProbeTokens/(s.Windows.SeqLen-1), 1)
+	for k, kind := range s.Kinds {
+		all := kind.Windows.Windows
+		share := min((n-k+len(s.Kinds)-1)/len(s.Kinds), len(all)) // windows of this kind
+		for j := 0; j < share; j++ {
+			s.probeWindows = append(s.probeWindows, all[j*len(all)/share])
+		}
+	}
 }
 
 // Report is a preset checked on held-out text.
@@ -517,7 +534,7 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 		}
 		p.Checks = append(p.Checks, m)
 	}
-	p.Search = &kvfile.SearchInfo{Method: method, Evaluations: s.Evaluations, Proxies: s.Probes, Seconds: int(time.Since(start).Seconds())}
+	p.Search = &kvfile.SearchInfo{Method: method, Evaluations: s.Evaluations, Proxies: s.Probes + s.ProbesRead, Seconds: int(time.Since(start).Seconds())}
 	return p, res, nil
 }
 

@@ -34,7 +34,8 @@ var tuneCommand = &cli.Command{
 		"--recent positions stay uncompressed and are counted at full size at --context tokens.\n" +
 		"Every measurement is printed with its number and an ETA. Writes the preset\n" +
 		"(docs/preset-format.md); --check-texts records its delta on held-out text of kinds it was\n" +
-		"not tuned on.",
+		"not tuned on. --probes FILE keeps the probes: a second tune of the same model, calibration\n" +
+		"and text (another budget or bits, or the same one after an interruption) reuses them.",
 	Flags: append(evalFlags(),
 		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "perplexity budget as a fraction (0.05: +5%)"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides to compress: k, v or kv"},
@@ -49,6 +50,7 @@ var tuneCommand = &cli.Command{
 		quietFlag,
 		&cli.StringFlag{Name: "plot", Usage: "draw perplexity delta against compression ratio of every candidate into this PNG"},
 		&cli.StringFlag{Name: "candidates", Usage: "write every measured candidate to this JSON file"},
+		&cli.StringFlag{Name: "probes", Usage: "keep the probes in this JSON file and reuse those it holds: a tune of the same model, calibration and text (another budget, bits or --check-texts, or after an interruption) skips them"},
 	),
 	Action: tuneAction,
 }
@@ -63,6 +65,15 @@ func tuneAction(c *cli.Context) error {
 		return err
 	}
 	defer s.Close()
+	if p := c.String("probes"); p != "" {
+		n, err := s.UseProbeFile(p)
+		if err != nil {
+			return err
+		}
+		if !c.Bool("quiet") && n > 0 {
+			fmt.Fprintf(c.App.ErrWriter, "probes: %d kept in %s, measured for this model, calibration and text\n", n, p)
+		}
+	}
 	if !c.Bool("quiet") {
 		for _, k := range s.Kinds {
 			fmt.Fprintf(c.App.ErrWriter, "baseline perplexity %.4f on %s (seq-len %d, %d tokens from %d documents); budget %+.1f%%\n",
@@ -72,6 +83,9 @@ func tuneAction(c *cli.Context) error {
 	p, res, err := s.Tune(c.Context, o)
 	if err != nil {
 		return err
+	}
+	if !c.Bool("quiet") && s.ProbesRead > 0 {
+		fmt.Fprintf(c.App.ErrWriter, "probes: %d of the search's %d read from %s\n", s.ProbesRead, s.ProbesRead+s.Probes, c.String("probes"))
 	}
 	if err := p.Save(c.String("output")); err != nil {
 		return err
@@ -121,7 +135,7 @@ func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
 			a.kinds = append(a.kinds, []string{t})
 		}
 	}
-	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}}
+	a.outputs = []output{{"output", c.String("output")}, {"plot", c.String("plot")}, {"candidates", c.String("candidates")}, {"probes", c.String("probes")}}
 	a.inputs = texts.Files(c.StringSlice("check-texts"))
 	for _, p := range c.StringSlice("check-texts") {
 		ct, err := readTexts(c, []string{p})

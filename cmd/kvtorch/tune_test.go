@@ -83,6 +83,50 @@ func TestRecentWindow(t *testing.T) {
 	}
 }
 
+// TestProbeFile: tune --probes keeps every probe; a second tune of the same
+// model, calibration and text reads them all, measures none again and
+// chooses the same preset; a file of other text or not a probe file is
+// refused with one line.
+func TestProbeFile(t *testing.T) {
+	model, cal, evalDir := tinyCalibrated(t)
+	dir := t.TempDir()
+	probes := filepath.Join(dir, "probes.json")
+	tune := func(out string, extra ...string) (int, string) {
+		args := append([]string{"tune", "--model", model, "--calibration", cal, "--texts", evalDir, "--seq-len", "64",
+			"--bits", "16,4", "--max-evaluations", "3", "--probes", probes, "--output", filepath.Join(dir, out)}, extra...)
+		code, _, e := runCLI(args...)
+		return code, e
+	}
+	if code, e := tune("a.json"); code != 0 || strings.Contains(e, "read from") {
+		t.Fatalf("first tune: exit %d\n%s", code, e)
+	}
+	var f struct {
+		Format string             `json:"format"`
+		Probes map[string]float64 `json:"probes"`
+	}
+	b, _ := os.ReadFile(probes)
+	a, err := kvfile.LoadPreset(filepath.Join(dir, "a.json"))
+	if err != nil || json.Unmarshal(b, &f) != nil || f.Format != "kvtorch-probes" || len(f.Probes) != a.Search.Proxies || len(f.Probes) < 2*2+1 {
+		t.Fatalf("probe file after the first tune: %v %+v (search %+v)", err, f, a.Search)
+	}
+	code, e := tune("b.json")
+	want := fmt.Sprintf("probes: %d of the search's %d read from", len(f.Probes), len(f.Probes))
+	if code != 0 || !strings.Contains(e, want) || strings.Contains(e, "probe: layer") {
+		t.Fatalf("second tune: exit %d, want %q and no probe measured\n%s", code, want, e)
+	}
+	p, err := kvfile.LoadPreset(filepath.Join(dir, "b.json"))
+	if err != nil || fmt.Sprint(p.Layers) != fmt.Sprint(a.Layers) || p.PPLDelta != a.PPLDelta {
+		t.Fatalf("the same search on the same probes chose another preset: %v\n%+v\n%+v", err, p.Layers, a.Layers)
+	}
+	if code, e := tune("c.json", "--seq-len", "32"); code != 1 || !strings.Contains(e, "other text") || strings.Count(e, "kvtorch:") != 1 {
+		t.Fatalf("probes of other windows: exit %d\n%s", code, e)
+	}
+	os.WriteFile(probes, []byte(`{"format": "kvtorch-preset"}`), 0o644)
+	if code, e := tune("d.json"); code != 1 || !strings.Contains(e, "not a kvtorch probe file") {
+		t.Fatalf("not a probe file: exit %d\n%s", code, e)
+	}
+}
+
 func TestTuneThenCheck(t *testing.T) {
 	model, cal, evalDir := tinyCalibrated(t)
 	dir := t.TempDir()
