@@ -507,7 +507,11 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	topts := tune.Options{Geometry: s.Model.Geometry(), Spectra: tune.SpectraOf(s.Calibration), Target: o.Target, Bits: o.Bits,
 		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Recent: o.Recent, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations}
 	topts.Defaults()
-	s.SetSteps(topts.Steps(o.Uniform) + 1 + 2*len(o.Checks)) // and the chosen setting, and each check's two
+	steps := topts.Steps(o.Uniform)
+	if !o.Uniform { // probes the probe file holds are not measured again
+		steps -= min(len(s.probeRead), steps-topts.MaxEvaluations)
+	}
+	s.SetSteps(steps + 1 + 2*len(o.Checks)) // and the chosen setting, and each check's two
 	var res tune.Result
 	var err error
 	method := "proxy-probed sensitivity, Lagrangian rank/bits allocation, measured and bracketed on the budget"
