@@ -58,13 +58,20 @@ func (s *Session) UseProbeFile(path string) (int, error) {
 	}
 	var got probeFile
 	if b != nil {
+		var head struct { // format and version first: a later version may have other fields
+			Format  string `json:"format"`
+			Version int    `json:"version"`
+		}
+		if err := json.Unmarshal(b, &head); err != nil || head.Format != probeFormat {
+			return 0, fmt.Errorf("kvtorch: probes %s: not a kvtorch probe file (%s)", path, describeJSONError(err, head.Format))
+		}
+		if head.Version != 1 {
+			return 0, fmt.Errorf("kvtorch: probes %s: version %d; this kvtorch reads version 1", path, head.Version)
+		}
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&got); err != nil || got.Format != probeFormat {
-			return 0, fmt.Errorf("kvtorch: probes %s: not a kvtorch probe file (%s)", path, describeJSONError(err, got.Format))
-		}
-		if got.Version != 1 {
-			return 0, fmt.Errorf("kvtorch: probes %s: version %d; this kvtorch reads version 1", path, got.Version)
+		if err := dec.Decode(&got); err != nil {
+			return 0, fmt.Errorf("kvtorch: probes %s: %v", path, err)
 		}
 		what := ""
 		switch {

@@ -121,9 +121,15 @@ func TestProbeFile(t *testing.T) {
 	if code, e := tune("c.json", "--seq-len", "32"); code != 1 || !strings.Contains(e, "other text") || strings.Count(e, "kvtorch:") != 1 {
 		t.Fatalf("probes of other windows: exit %d\n%s", code, e)
 	}
-	os.WriteFile(probes, []byte(`{"format": "kvtorch-preset"}`), 0o644)
-	if code, e := tune("d.json"); code != 1 || !strings.Contains(e, "not a kvtorch probe file") {
-		t.Fatalf("not a probe file: exit %d\n%s", code, e)
+	for _, bad := range []struct{ text, want string }{
+		{`{"format": "kvtorch-preset"}`, "not a kvtorch probe file"},
+		{`{"format": "kvtorch-probes", "version": 2, "probes": {}, "later": 1}`, "version 2"},
+		{`{"format": "kvtorch-probes", "version": 1, "probes": {"s4": -1}}`, "another model"},
+	} {
+		os.WriteFile(probes, []byte(bad.text), 0o644)
+		if code, e := tune("d.json"); code != 1 || !strings.Contains(e, bad.want) || strings.Count(e, "kvtorch:") != 1 {
+			t.Fatalf("%s: exit %d, want %q\n%s", bad.text, code, bad.want, e)
+		}
 	}
 }
 
