@@ -9,7 +9,8 @@
 // servers store the cache). A compressed side stores its latents packed at
 // their bits, plus one fp16 scale per token and quantization group when bits
 // < 16: per KV head for a per-head basis, one for the whole side for a joint
-// basis. The first Sinks tokens of a sequence are stored uncompressed, so the
+// basis, one per bit width for a joint side whose latents are split by
+// width (Side.Groups). The first Sinks tokens of a sequence are stored uncompressed, so the
 // bytes per token depend on the context length: BytesPerToken and Ratio take
 // it.
 package compress
@@ -119,6 +120,49 @@ type Side struct {
 	Basis Basis
 	Rank  int // latents per token: per head (PerHead) or for the whole side (Joint)
 	Bits  int // 16, 8 or 4
+	// Groups, when not all zero, splits a joint side's latents by bit
+	// width: the leading Groups[0] components at 16 bits, the next
+	// Groups[1] at 8, the next Groups[2] at 4, each group quantized with
+	// its own per-token scale; Rank is their sum and Bits the narrowest
+	// width used. All zero: every latent at Bits.
+	Groups [3]int
+}
+
+// GroupBits are the widths of Side.Groups, widest (leading components) first.
+var GroupBits = [3]int{16, 8, 4}
+
+// Grouped is a joint side of n16, n8 and n4 latents at 16, 8 and 4 bits:
+// a plain side (no Groups) when only one width is used.
+func Grouped(n16, n8, n4 int) Side {
+	s := Side{Basis: Joint, Rank: n16 + n8 + n4, Groups: [3]int{n16, n8, n4}}
+	used := 0
+	for i, n := range s.Groups {
+		if n > 0 {
+			s.Bits = GroupBits[i]
+			used++
+		}
+	}
+	if used <= 1 {
+		s.Groups = [3]int{}
+	}
+	return s
+}
+
+// IsGrouped reports whether the side's latents are split by bit width.
+func (s Side) IsGrouped() bool { return s.Groups != [3]int{} }
+
+// Widths lists the side's groups of latents, leading components first:
+// counts and bits (one group for a side that is not split).
+func (s Side) Widths() (counts, bits []int) {
+	if !s.IsGrouped() {
+		return []int{s.Rank}, []int{s.Bits}
+	}
+	for i, n := range s.Groups {
+		if n > 0 {
+			counts, bits = append(counts, n), append(bits, GroupBits[i])
+		}
+	}
+	return counts, bits
 }
 
 // Full is the side left as it is.
@@ -146,9 +190,13 @@ func (s Side) Bytes(g Geometry, k Kind) int {
 	if s.basis() != Joint {
 		groups = g.Heads
 	}
-	per := (s.Rank*s.Bits + 7) / 8
-	if s.Bits < 16 {
-		per += ScaleBytes
+	per := 0
+	counts, bits := s.Widths()
+	for i, n := range counts {
+		per += (n*bits[i] + 7) / 8
+		if bits[i] < 16 {
+			per += ScaleBytes
+		}
 	}
 	return groups * per
 }
@@ -179,10 +227,27 @@ func (s Side) Validate(g Geometry, k Kind) error {
 	if !ValidBits(s.Bits) {
 		return fmt.Errorf("%w: %s bits %d (want 16, 8 or 4)", ErrInvalid, k, s.Bits)
 	}
+	if s.IsGrouped() {
+		if s.basis() != Joint {
+			return fmt.Errorf("%w: %s latents split by bit width need a joint basis, not %s", ErrInvalid, k, s.basis())
+		}
+		if want := Grouped(s.Groups[0], s.Groups[1], s.Groups[2]); s.Groups[0] < 0 || s.Groups[1] < 0 || s.Groups[2] < 0 ||
+			want != s {
+			return fmt.Errorf("%w: %s groups %v: want two or three widths of non-negative counts summing to rank %d, bits %d the narrowest used", ErrInvalid, k, s.Groups, s.Rank, s.Bits)
+		}
+	}
 	return nil
 }
 
 func (s Side) String() string {
+	if s.IsGrouped() {
+		var parts []string
+		counts, bits := s.Widths()
+		for i, n := range counts {
+			parts = append(parts, fmt.Sprintf("%d×%db", n, bits[i]))
+		}
+		return fmt.Sprintf("%s r%d (%s)", s.basis(), s.Rank, strings.Join(parts, "+"))
+	}
 	return fmt.Sprintf("%s r%d/%db", s.basis(), s.Rank, s.Bits)
 }
 
@@ -340,6 +405,9 @@ func (s Setting) Key() string {
 	for _, pair := range s.Layers {
 		for _, sd := range pair {
 			fmt.Fprintf(&sb, "|%s%d/%d", sd.basis(), sd.Rank, sd.Bits)
+			if sd.IsGrouped() {
+				fmt.Fprintf(&sb, "g%d.%d.%d", sd.Groups[0], sd.Groups[1], sd.Groups[2])
+			}
 		}
 	}
 	return sb.String()
