@@ -86,8 +86,10 @@ func (m *Model) setBuffers(layer int, k compress.Kind, bufs []buffer) error {
 	return nil
 }
 
-// setHook fills a format-2 hook: down, up [E, E], mean and qscale [E],
-// bits, qhead and sink.
+// setHook fills a hook: down, up [E, E], mean and qscale [E], sink, and
+// bits [E] and group [E] (format 3: each latent's bits and quantization
+// group) or scalar bits and qhead (format 2: groups per head or over all
+// latents, which cannot split latents by bit width).
 func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd compress.Side, sinks int) error {
 	g := m.Geometry()
 	e, d, h := g.Width(k), g.Dims[k], g.Heads
@@ -99,6 +101,14 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 		qscale[i] = 1
 	}
 	qhead := 1.0
+	bits := make([]float64, e)
+	group := make([]float64, e)
+	for i := range bits {
+		bits[i], group[i] = float64(sd.Bits), float64(i/d) // per head unless joint
+	}
+	if sd.IsGrouped() && m.Meta.FormatVersion < 3 {
+		return fmt.Errorf("%w: latents split by bit width need a model exported by this kvtorch (%s has hook format %d); export it again", ErrContract, m.Path, m.Meta.FormatVersion)
+	}
 	if !sd.Compresses(g, k) || sd.Basis == compress.None { // the identity (quantized per head for none)
 		for i := 0; i < e; i++ {
 			down[i*e+i], up[i*e+i] = 1, 1
@@ -114,6 +124,14 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 		copy(mean, b.Mean)
 		if sd.Basis == compress.Joint {
 			qhead = 0
+			at := 0
+			counts, widths := sd.Widths()
+			for gi, n := range counts { // a group per bit width, the rest (dropped, zero) in the last
+				for j := at; j < e; j++ {
+					bits[j], group[j] = float64(widths[gi]), float64(gi)
+				}
+				at += n
+			}
 			std := b.LatentStd()
 			for j := 0; j < sd.Rank; j++ {
 				if std[j] > 0 {
@@ -139,9 +157,14 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 		}
 	}
 	ee := int64(e)
-	return m.setBuffers(layer, k, []buffer{{"down", down, []int64{ee, ee}}, {"up", up, []int64{ee, ee}},
-		{"mean", mean, []int64{ee}}, {"bits", []float64{float64(sd.Bits)}, nil}, {"qscale", qscale, []int64{ee}},
-		{"qhead", []float64{qhead}, nil}, {"sink", []float64{float64(sinks)}, nil}})
+	bufs := []buffer{{"down", down, []int64{ee, ee}}, {"up", up, []int64{ee, ee}}, {"mean", mean, []int64{ee}},
+		{"qscale", qscale, []int64{ee}}, {"sink", []float64{float64(sinks)}, nil}}
+	if m.Meta.FormatVersion < 3 {
+		bufs = append(bufs, buffer{"bits", []float64{float64(sd.Bits)}, nil}, buffer{"qhead", []float64{qhead}, nil})
+	} else {
+		bufs = append(bufs, buffer{"bits", bits, []int64{ee}}, buffer{"group", group, []int64{ee}})
+	}
+	return m.setBuffers(layer, k, bufs)
 }
 
 // finite reports whether x is neither NaN nor infinite.

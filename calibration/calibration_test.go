@@ -409,6 +409,58 @@ func TestRecentWindow(t *testing.T) {
 	}
 }
 
+// TestSplitLatents: latents split by bit width (hook format 3) give each
+// latent its width and each width its quantization group, and measure
+// differently from the same rank at one width; a file with the format-2
+// hook computes plain settings exactly as format 3 does and refuses a
+// split, saying what to do.
+func TestSplitLatents(t *testing.T) {
+	m := loadTiny(t, "good")
+	cal := calibrate(t, m)
+	g := m.Geometry()
+	w := evalWindows(12, 32)
+	all := compress.Target{true, true}
+	at := func(m *Model, sd compress.Side) float64 { return ppl(t, m, cal, compress.Uniform(g, all, sd, 0), w) }
+	wide := at(m, compress.Side{Basis: compress.Joint, Rank: 12, Bits: 8})
+	narrow := at(m, compress.Side{Basis: compress.Joint, Rank: 12, Bits: 4})
+	three := at(m, compress.Grouped(2, 2, 8))
+	split := at(m, compress.Grouped(0, 4, 8))
+	if split == wide || split == narrow || three == split {
+		t.Fatalf("rank 12: 8-bit %v, 4-bit %v, split 4+8 %v, 2+2+8 %v: a split measures as another setting", wide, narrow, split, three)
+	}
+	e := g.Width(compress.V)
+	for name, want := range map[string]func(j int) float64{
+		"bits":  func(j int) float64 { return float64(map[bool]int{true: 8, false: 4}[j < 4]) },
+		"group": func(j int) float64 { return float64(map[bool]int{true: 0, false: 1}[j < 4]) },
+	} {
+		b, err := m.Module.Buffer(m.Meta.HookPrefix(1, compress.V) + "." + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.Float64s()
+		b.Close()
+		if err != nil || len(got) != e {
+			t.Fatalf("%s: %v, %d values", name, err, len(got))
+		}
+		for j, x := range got { // the dropped latents (zero) join the last width
+			if x != want(j) {
+				t.Fatalf("layer 1 V %s[%d] = %v, want %v", name, j, x, want(j))
+			}
+		}
+	}
+	old := loadTiny(t, "good_v2")
+	if got := at(old, compress.Side{Basis: compress.Joint, Rank: 12, Bits: 4}); got != narrow {
+		t.Fatalf("format 2, rank 12 4-bit: %v, format 3 %v", got, narrow)
+	}
+	if got, want := at(old, compress.Side{Basis: compress.PerHead, Rank: 6, Bits: 8}), at(m, compress.Side{Basis: compress.PerHead, Rank: 6, Bits: 8}); got != want {
+		t.Fatalf("format 2, per head: %v, format 3 %v", got, want)
+	}
+	err := Apply(old, cal, compress.Uniform(g, all, compress.Grouped(0, 4, 8), 0))
+	if !errors.Is(err, ErrContract) || !strings.Contains(err.Error(), "export it again") {
+		t.Fatalf("a split on a format-2 file: got %v", err)
+	}
+}
+
 // TestFormat1Refused: a model exported with the format-1 hook (per-head
 // bases only, no sinks) is refused when opened, as the Python package
 // refuses it, with what to do.

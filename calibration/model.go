@@ -89,8 +89,12 @@ func (m *Model) hookBuffers(k compress.Kind) []struct {
 		name  string
 		shape []int64
 	}
-	return []buf{{"down", []int64{e, e}}, {"up", []int64{e, e}}, {"mean", []int64{e}}, {"bits", []int64{}},
-		{"qscale", []int64{e}}, {"qhead", []int64{}}, {"sink", []int64{}}}
+	if m.Meta.FormatVersion < 3 {
+		return []buf{{"down", []int64{e, e}}, {"up", []int64{e, e}}, {"mean", []int64{e}}, {"bits", []int64{}},
+			{"qscale", []int64{e}}, {"qhead", []int64{}}, {"sink", []int64{}}}
+	}
+	return []buf{{"down", []int64{e, e}}, {"up", []int64{e, e}}, {"mean", []int64{e}}, {"bits", []int64{e}},
+		{"qscale", []int64{e}}, {"group", []int64{e}}, {"sink", []int64{}}}
 }
 
 func (m *Model) checkHooks() error {

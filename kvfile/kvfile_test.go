@@ -312,6 +312,60 @@ func TestPresetRoundTrip(t *testing.T) {
 	}
 }
 
+// TestPresetGroups round-trips latents split by bit width and refuses
+// groups that are not two or three widths, widest first, summing to the
+// rank.
+func TestPresetGroups(t *testing.T) {
+	p := testPreset()
+	s := p.Setting()
+	s.Layers[0][compress.K] = compress.Grouped(1, 2, 3)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "g.json")
+	w := NewPreset(PresetSource{Name: "m", File: "m.pt", SHA256: "abc", KVSource: "pre_rope", CalibrationFile: "c.pt",
+		CalibrationSHA256: "def"}, geo, s, compress.Target{true, true}, 4096, 10, 10.3, p.Eval)
+	if err := w.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadPreset(path)
+	if err != nil || got.Setting().Layers[0][compress.K] != compress.Grouped(1, 2, 3) {
+		t.Fatalf("round trip: %v, %+v", err, got)
+	}
+	// 1 latent at 16 bits (2 bytes), 2 at 8 (2 + a scale), 3 at 4 (2 + a scale)
+	if b := got.Layers[0].BytesPerTokenAfter; b != 2+4+4+5 {
+		t.Fatalf("layer 0: %d bytes, want 15", b)
+	}
+	raw, _ := os.ReadFile(path)
+	const groups = `"groups_k": [
+        {
+          "count": 1,
+          "bits": 16
+        },
+        {
+          "count": 2,
+          "bits": 8
+        },`
+	if !strings.Contains(string(raw), groups) {
+		t.Fatalf("no groups_k as expected in\n%s", raw)
+	}
+	for name, data := range map[string]string{
+		"version 4": strings.Replace(string(raw), `"version": 5`, `"version": 4`, 1),
+		"one group": strings.Replace(string(raw), groups, `"groups_k": [`, 1),
+		"order": strings.Replace(string(raw), `"count": 1,
+          "bits": 16`, `"count": 1,
+          "bits": 4`, 1),
+		"sum":        strings.Replace(string(raw), `"count": 2,`, `"count": 3,`, 1),
+		"zero count": strings.Replace(string(raw), `"count": 2,`, `"count": 0,`, 1),
+		"bits 2":     strings.Replace(string(raw), `"bits": 8`, `"bits": 2`, 1),
+	} {
+		if data == string(raw) {
+			t.Fatalf("%s: the edit did not apply", name)
+		}
+		if _, err := ParsePreset([]byte(data)); !errors.Is(err, ErrFormat) {
+			t.Errorf("%s: got %v, want ErrFormat", name, err)
+		}
+	}
+}
+
 func TestPresetRefusesBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
@@ -323,9 +377,9 @@ func TestPresetRefusesBadFiles(t *testing.T) {
 		"rank over D":         strings.Replace(string(raw), `"rank_k": 2`, `"rank_k": 40`, 1),
 		"bits 3":              strings.Replace(string(raw), `"bits_k": 16`, `"bits_k": 3`, 1),
 		"edited bytes":        strings.Replace(string(raw), `"bytes_per_token_compressed": 23`, `"bytes_per_token_compressed": 2`, 1),
-		"version 5":           strings.Replace(string(raw), `"version": 4`, `"version": 5`, 1),
+		"version 6":           strings.Replace(string(raw), `"version": 5`, `"version": 6`, 1),
 		"recent not counted":  strings.Replace(string(raw), `"recent_tokens": 0`, `"recent_tokens": 64`, 1),
-		"recent in version 3": strings.Replace(string(raw), `"version": 4`, `"version": 3`, 1),
+		"recent in version 3": strings.Replace(string(raw), `"version": 5`, `"version": 3`, 1),
 		"negative sinks":      strings.Replace(string(raw), `"sink_tokens": 4`, `"sink_tokens": -1`, 1),
 		"not JSON":            "no",
 		"empty":               "",

@@ -15,10 +15,13 @@ import (
 var ErrContract = errors.New("model breaks the kvtorch model contract")
 
 // HookVersion is the newest compression hook the model contract defines
-// (kvtorch.json's format_version): 2 joins the KV heads (one [H·D, H·D]
-// basis), keeps sink tokens exact and scales latents before quantization;
-// 1 had a [H, D, D] basis per head, no sinks and raw absmax quantization.
-const HookVersion = 2
+// (kvtorch.json's format_version): 3 gives every latent its own bits and
+// quantization group (latents split by bit width); 2 joins the KV heads
+// (one [H·D, H·D] basis), keeps sink tokens exact and scales latents before
+// quantization, with one bits and groups per head or over all latents (2
+// is still read); 1 had a [H, D, D] basis per head, no sinks and raw
+// absmax quantization.
+const HookVersion = 3
 
 // Metadata is a model's kvtorch.json (docs/model-contract.md).
 type Metadata struct {
@@ -71,8 +74,8 @@ func (md *Metadata) check() error {
 	switch {
 	case md.FormatVersion == 1:
 		return contractf("kvtorch.json format_version 1: the model was exported by an older kvtorch whose hook has no joint bases and no sinks; export it again with python -m kvtorch.export")
-	case md.FormatVersion != 2:
-		return contractf("kvtorch.json format_version %d (this kvtorch reads 2)", md.FormatVersion)
+	case md.FormatVersion < 2 || md.FormatVersion > HookVersion:
+		return contractf("kvtorch.json format_version %d (this kvtorch reads 2 to %d)", md.FormatVersion, HookVersion)
 	case md.NLayers <= 0 || md.NKVHeads <= 0 || md.HeadDimK <= 0 || md.HeadDimV <= 0 || md.VocabSize <= 0:
 		return contractf("kvtorch.json needs positive n_layers, n_kv_heads, head_dim_k, head_dim_v and vocab_size")
 	case md.NLayers > most || md.NKVHeads > most || md.HeadDimK > most || md.HeadDimV > most || md.VocabSize > 1<<31:

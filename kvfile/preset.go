@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"github.com/kvtorch/kvtorch/compress"
 	"github.com/kvtorch/kvtorch/internal/atomicfile"
@@ -12,11 +13,12 @@ import (
 )
 
 // PresetVersion is the preset schema this kvtorch writes (docs/preset-format.md):
-// 4 adds the recent window (recent_tokens); 3 the measurements of every
+// 5 adds latents split by bit width (groups_k, groups_v); 4 the recent
+// window (recent_tokens); 3 the measurements of every
 // kind of held-out text tune kept the budget on (kinds), intervals of the
 // deltas and a warning; versions 1 (bases per head, no sinks), 2 and 3 are
 // still read.
-const PresetVersion = 4
+const PresetVersion = 5
 
 // maxPresetBytes bounds what LoadPreset reads: a preset of a 1,000-layer
 // model is well under 1 MB.
@@ -25,15 +27,59 @@ const maxPresetBytes = 16 << 20
 // PresetLayer is one layer of a preset. Bytes per token are of a compressed
 // (non-sink) token.
 type PresetLayer struct {
-	Layer               int    `json:"layer"`
-	BasisK              string `json:"basis_k,omitempty"` // absent (version 1): "head"
-	RankK               int    `json:"rank_k"`
-	BitsK               int    `json:"bits_k"`
-	BasisV              string `json:"basis_v,omitempty"`
-	RankV               int    `json:"rank_v"`
-	BitsV               int    `json:"bits_v"`
-	BytesPerTokenBefore int    `json:"bytes_per_token_before"`
-	BytesPerTokenAfter  int    `json:"bytes_per_token_after"`
+	Layer  int    `json:"layer"`
+	BasisK string `json:"basis_k,omitempty"` // absent (version 1): "head"
+	RankK  int    `json:"rank_k"`
+	BitsK  int    `json:"bits_k"`
+	BasisV string `json:"basis_v,omitempty"`
+	RankV  int    `json:"rank_v"`
+	BitsV  int    `json:"bits_v"`
+	// GroupsK and GroupsV split a joint side's latents by bit width,
+	// leading components (widest) first; absent: rank latents at bits.
+	GroupsK             []Group `json:"groups_k,omitempty"`
+	GroupsV             []Group `json:"groups_v,omitempty"`
+	BytesPerTokenBefore int     `json:"bytes_per_token_before"`
+	BytesPerTokenAfter  int     `json:"bytes_per_token_after"`
+}
+
+// Group is one bit width of a side's latents: Count consecutive latents at
+// Bits.
+type Group struct {
+	Count int `json:"count"`
+	Bits  int `json:"bits"`
+}
+
+func groupsOf(s compress.Side) []Group {
+	if !s.IsGrouped() {
+		return nil
+	}
+	var out []Group
+	counts, bits := s.Widths()
+	for i, n := range counts {
+		out = append(out, Group{n, bits[i]})
+	}
+	return out
+}
+
+// withGroups is s split as gs says (nil: s itself); an error when gs is not
+// two or three widths, widest first.
+func withGroups(s compress.Side, gs []Group) (compress.Side, error) {
+	if gs == nil {
+		return s, nil
+	}
+	if len(gs) < 2 {
+		return s, fmt.Errorf("%d groups: split latents by two or three widths, or list none", len(gs))
+	}
+	at := 0
+	for _, g := range gs {
+		i := slices.Index(compress.GroupBits[:], g.Bits)
+		if i < at {
+			return s, fmt.Errorf("groups: %d bits listed after a narrower or equal width (list 16, 8, 4 in that order)", g.Bits)
+		}
+		s.Groups[i] = g.Count
+		at = i + 1
+	}
+	return s, nil
 }
 
 // EvalInfo describes held-out text a preset was measured on.
@@ -139,7 +185,7 @@ func NewPreset(src PresetSource, g compress.Geometry, s compress.Setting, target
 	for l, pair := range s.Layers {
 		k, v := pair[compress.K], pair[compress.V]
 		p.Layers = append(p.Layers, PresetLayer{Layer: l, BasisK: string(basisOf(k)), RankK: k.Rank, BitsK: k.Bits,
-			BasisV: string(basisOf(v)), RankV: v.Rank, BitsV: v.Bits, BytesPerTokenBefore: g.LayerBytes(),
+			BasisV: string(basisOf(v)), RankV: v.Rank, BitsV: v.Bits, GroupsK: groupsOf(k), GroupsV: groupsOf(v), BytesPerTokenBefore: g.LayerBytes(),
 			BytesPerTokenAfter: s.LayerBytes(g, l)})
 		for _, kind := range compress.Kinds {
 			if sd := pair[kind]; sd.Compresses(g, kind) {
@@ -182,16 +228,27 @@ func (p *Preset) Geometry() compress.Geometry {
 	return compress.Geometry{Layers: p.NumLayers, Heads: p.NKVHeads, Dims: [2]int{p.HeadDimK, p.HeadDimV}}
 }
 
-// Setting is the preset's compression.
+// Setting is the preset's compression (of a preset LoadPreset or
+// ParsePreset accepted).
 func (p *Preset) Setting() compress.Setting {
+	s, _ := p.setting()
+	return s
+}
+
+func (p *Preset) setting() (compress.Setting, error) {
 	s := compress.Setting{Layers: make([][2]compress.Side, len(p.Layers)), Sinks: p.SinkTokens, Recent: p.RecentTokens}
 	for i, l := range p.Layers {
-		s.Layers[i] = [2]compress.Side{
-			{Basis: compress.Basis(orHead(l.BasisK)), Rank: l.RankK, Bits: l.BitsK},
-			{Basis: compress.Basis(orHead(l.BasisV)), Rank: l.RankV, Bits: l.BitsV},
+		k, err := withGroups(compress.Side{Basis: compress.Basis(orHead(l.BasisK)), Rank: l.RankK, Bits: l.BitsK}, l.GroupsK)
+		if err != nil {
+			return s, fmt.Errorf("layer %d K %w", i, err)
 		}
+		v, err := withGroups(compress.Side{Basis: compress.Basis(orHead(l.BasisV)), Rank: l.RankV, Bits: l.BitsV}, l.GroupsV)
+		if err != nil {
+			return s, fmt.Errorf("layer %d V %w", i, err)
+		}
+		s.Layers[i] = [2]compress.Side{k, v}
 	}
-	return s
+	return s, nil
 }
 
 func orHead(b string) string {
@@ -302,11 +359,18 @@ func (p *Preset) check() error {
 			return fmt.Errorf("perplexities %v and %v (want finite and at least 1)", p.BaselinePPL, p.CompressedPPL)
 		}
 	}
-	g, s := p.Geometry(), p.Setting()
+	g := p.Geometry()
 	for i, l := range p.Layers {
 		if l.Layer != i {
 			return fmt.Errorf("layer %d is listed as layer %d", i, l.Layer)
 		}
+		if p.Version < 5 && (l.GroupsK != nil || l.GroupsV != nil) {
+			return fmt.Errorf("layer %d: groups in a version %d preset", i, p.Version)
+		}
+	}
+	s, err := p.setting()
+	if err != nil {
+		return err
 	}
 	if err := s.Validate(g); err != nil {
 		return err

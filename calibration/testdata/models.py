@@ -1,11 +1,12 @@
 """Tiny kvtorch models for the calibration tests: one that follows the model
-contract, the same with the format-1 compression hook (as models exported
-before hook format 2 have), and variants that break it in one way each.
+contract, the same with the format-1 and format-2 compression hooks (as
+models exported before hook formats 2 and 3 have), and variants that break
+it in one way each.
 
 Usage: python models.py OUT_DIR
-Writes OUT_DIR/{good,good_forward,good_v1,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,short_layers,
-missing_method}.pt: good has the body and head methods, good_forward (the same weights) only forward, as
-files exported before them.
+Writes OUT_DIR/{good,good_forward,good_v1,good_v2,no_meta,wrong_arity,wrong_kshape,missing_hook,nan,
+short_layers,missing_method}.pt: good has the body and head methods, good_forward (the same weights) only
+forward, as files exported before them.
 """
 import json
 import os
@@ -51,6 +52,39 @@ class KVHookV1(nn.Module):
         zq = torch.round(z / scale) * scale
         z = torch.where(self.bits >= 16, z, zq)
         return (torch.matmul(z, self.up) + mean).to(x.dtype)
+
+
+class KVHookV2(nn.Module):
+    """The compression hook of format 2: joint [E, E] down/up, scalar bits,
+    and a scalar qhead choosing the quantization groups (per head or over
+    all E latents)."""
+
+    def __init__(self, heads, dim):
+        super().__init__()
+        e = heads * dim
+        self.heads, self.dim = heads, dim
+        self.register_buffer("down", torch.eye(e))
+        self.register_buffer("up", torch.eye(e))
+        self.register_buffer("mean", torch.zeros(e))
+        self.register_buffer("bits", torch.tensor(16.0))
+        self.register_buffer("qscale", torch.ones(e))
+        self.register_buffer("qhead", torch.tensor(1.0))
+        self.register_buffer("sink", torch.tensor(0.0))
+
+    def forward(self, x):
+        xf = x.float().transpose(1, 2).flatten(2)
+        z = torch.matmul(xf - self.mean, self.down)
+        zn = z / self.qscale
+        levels = torch.pow(2.0, self.bits - 1) - 1
+        per_head = zn.abs().unflatten(-1, (self.heads, self.dim)).amax(-1).repeat_interleave(self.dim, dim=-1)
+        whole = zn.abs().amax(-1, keepdim=True)
+        step = torch.where(self.qhead > 0, per_head, whole).clamp_min(1e-30) / levels
+        zq = torch.round(zn / step) * step * self.qscale
+        z = torch.where(self.bits >= 16, z, zq)
+        y = torch.matmul(z, self.up) + self.mean
+        position = torch.ones_like(xf[0, :, 0]).cumsum(0) - 1
+        y = torch.where((position < self.sink)[None, :, None], xf, y)
+        return y.unflatten(-1, (self.heads, self.dim)).transpose(1, 2).to(x.dtype)
 
 
 class Wrap(nn.Module):
@@ -103,7 +137,14 @@ def main(out):
                 md = dict(md, hook={k: "inner." + v for k, v in md["hook"].items()})
             extra["kvtorch.json"] = json.dumps(md)
         torch.jit.save(traced, os.path.join(out, f"{name}.pt"), _extra_files=extra)
-    # The same weights with format-1 hooks.
+    # The same weights with format-2 hooks, then format-1 ones.
+    for blk in model.blocks:
+        blk.attn.k_hook = KVHookV2(c.n_kv_heads, c.head_dim)
+        blk.attn.v_hook = KVHookV2(c.n_kv_heads, c.head_dim)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+    torch.jit.save(traced, os.path.join(out, "good_v2.pt"),
+                   _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=2))})
     for blk in model.blocks:
         blk.attn.k_hook = KVHookV1(c.n_kv_heads, c.head_dim)
         blk.attn.v_hook = KVHookV1(c.n_kv_heads, c.head_dim)

@@ -61,7 +61,7 @@ import torch
 
 from kvtorch import attention, latent
 from kvtorch.files import KVTorchError
-from kvtorch.preset import Latents, Preset
+from kvtorch.preset import Latents, Preset, SplitLatents, dequantize, split_latents
 
 try:
     from transformers import AttentionInterface
@@ -102,8 +102,10 @@ class _TorchSide:
     of the values of its first T tokens.
     """
 
-    def __init__(self, preset: Preset, layer: int, kind: str):
-        self.preset, self.layer, self.kind = preset, layer, kind
+    def __init__(self, preset: Preset, layer: int, kind: str, part: tuple[int, int, int] | None = None):
+        """part (first, count, bits): only those latents of a side split by
+        bit width, without the mean (_SplitSide adds it once)."""
+        self.preset, self.layer, self.kind, self.part = preset, layer, kind, part
         s = preset.side(layer, kind)
         h, d = preset.heads, s.dim
         self.bits = s.bits if s.compressed else 16
@@ -116,6 +118,9 @@ class _TorchSide:
                     u = u * s.qscale.float()
             self.mean = s.mean.float().view(h, d)
             self.groups = 1 if s.basis == "joint" else h
+            if part is not None:
+                first, count, self.bits = part
+                u, self.mean = u[..., first:first + count], None
         else:
             u = torch.eye(d).expand(h, d, d)
             self.mean = None
@@ -147,6 +152,11 @@ class _TorchSide:
         the cache rebuilds keys) compressed into tokens start .. start+t-1."""
         return latent.write(store, self.preset.compress(self.layer, self.kind, x), start)
 
+    def write_latents(self, store: latent.Store | None, z: torch.Tensor, start: int) -> latent.Store:
+        """store with float latents z [B, G, t, w] (a part's, normalised)
+        stored at self.bits into tokens start .. start+t-1."""
+        return latent.write(store, split_latents(z, [(z.shape[-1], self.bits)])[0], start)
+
     def scores(self, qf: torch.Tensor, store: latent.Store, tokens: int, out: torch.Tensor) -> None:
         """Writes qf [B, H, n, D] · the keys of the first T = tokens tokens of
         store into out [B, H, n, T]."""
@@ -154,8 +164,12 @@ class _TorchSide:
         out.copy_(torch.cat(blocks, dim=-1))
 
     def expand(self, store: latent.Store, start: int, stop: int) -> torch.Tensor:
-        """The heads' vectors [B, H, stop - start, D] of tokens start .. stop-1."""
-        return self.preset.expand(self.layer, self.kind, store.read(start, stop))
+        """The heads' vectors [B, H, stop - start, D] of tokens start .. stop-1
+        (a part's share of them, without the mean)."""
+        if self.part is None:
+            return self.preset.expand(self.layer, self.kind, store.read(start, stop))
+        lat = dequantize(store.read(start, stop))  # [B, 1, t, count]
+        return torch.matmul(lat, self.ut[:, :lat.shape[-1]])
 
     def values(self, a: torch.Tensor, store: latent.Store, tokens: int) -> torch.Tensor:
         """The heads' values [B, H, n, D] for weights a [B, H, n, T] over the
@@ -215,13 +229,16 @@ class _KernelSide(_TorchSide):
     quantized as they are written, and read as stored (uk [H, D, n] is U laid
     out the way the kernels read a stored row)."""
 
-    def __init__(self, preset: Preset, layer: int, kind: str):
-        super().__init__(preset, layer, kind)
+    def __init__(self, preset: Preset, layer: int, kind: str, part: tuple[int, int, int] | None = None):
+        super().__init__(preset, layer, kind, part)
         self.uk = latent.layout(self.u, self.bits)  # [H, D, n]
         self.ukt = self.uk.transpose(-1, -2).contiguous()  # [H, n, D]
 
     def write(self, store: latent.Store | None, x: torch.Tensor, start: int) -> latent.Store:
         return latent.store(store, *self.preset.project(self.layer, self.kind, x), start)
+
+    def write_latents(self, store: latent.Store | None, z: torch.Tensor, start: int) -> latent.Store:
+        return latent.store(store, z, self.bits, z.shape[-1], start)
 
     def scores(self, qf: torch.Tensor, store: latent.Store, tokens: int, out: torch.Tensor) -> None:
         """out's rows must be contiguous."""
@@ -255,6 +272,77 @@ class _KernelSide(_TorchSide):
         return out
 
 
+class SplitStore:
+    """The latents of a side split by bit width: a latent.Store per width,
+    leading components first (the interface of latent.Store KVTorchLayer
+    uses)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def read(self, start: int, stop: int) -> SplitLatents:
+        return SplitLatents([p.read(start, stop) for p in self.parts])
+
+    def nbytes(self, tokens: int) -> int:
+        return sum(p.nbytes(tokens) for p in self.parts)
+
+    def select(self, fn: Any) -> "SplitStore":
+        return SplitStore([p.select(fn) for p in self.parts])
+
+
+class _SplitSide:
+    """A joint side whose latents are split by bit width: a side (_TorchSide
+    or _KernelSide) per width over its latents, each with its own per-token
+    scale, their scores and values summed, the mean added once."""
+
+    def __init__(self, preset: Preset, layer: int, kind: str, side: type):
+        self.preset, self.layer, self.kind = preset, layer, kind
+        s = preset.side(layer, kind)
+        self.parts, at = [], 0
+        for n, b in s.widths:
+            self.parts.append(side(preset, layer, kind, part=(at, n, b)))
+            at += n
+        self.counts = [n for n, _ in s.widths]
+        self.mean = s.mean.float().view(preset.heads, s.dim)
+
+    def to(self, device: torch.device) -> "_SplitSide":
+        self.parts = [p.to(device) for p in self.parts]
+        self.mean = self.mean.to(device)
+        return self
+
+    def write(self, store: SplitStore | None, x: torch.Tensor, start: int) -> SplitStore:
+        z, _, _ = self.preset.project(self.layer, self.kind, x)
+        out, at = [], 0
+        for i, (p, n) in enumerate(zip(self.parts, self.counts)):
+            out.append(p.write_latents(None if store is None else store.parts[i], z[..., at:at + n], start))
+            at += n
+        return SplitStore(out)
+
+    def scores(self, qf: torch.Tensor, store: SplitStore, tokens: int, out: torch.Tensor) -> None:
+        self.parts[0].scores(qf, store.parts[0], tokens, out)
+        more = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        for p, z in zip(self.parts[1:], store.parts[1:]):
+            p.scores(qf, z, tokens, more)
+            out += more
+        out += torch.matmul(qf, self.mean[:, :, None])
+
+    def expand(self, store: SplitStore, start: int, stop: int) -> torch.Tensor:
+        out = sum(p.expand(z, start, stop) for p, z in zip(self.parts, store.parts))
+        return out + self.mean[:, None, :]
+
+    def values(self, a: torch.Tensor, store: SplitStore, tokens: int) -> torch.Tensor:
+        out = sum(p.values(a, z, tokens) for p, z in zip(self.parts, store.parts))
+        return out + a.sum(-1, keepdim=True) * self.mean[:, None, :]
+
+
+def _side(preset: Preset, layer: int, kind: str, device: torch.device) -> Any:
+    """The side of (layer, kind) for attention on its latents on device."""
+    side = _KernelSide if latent.available and device.type == "cpu" else _TorchSide
+    if preset.side(layer, kind).widths:
+        return _SplitSide(preset, layer, kind, side).to(device)
+    return side(preset, layer, kind).to(device)
+
+
 def _blocks(tokens: int) -> Iterator[tuple[int, int]]:
     """(start, stop) of BLOCK tokens at a time over the first tokens tokens."""
     for start in range(0, tokens, BLOCK):
@@ -278,8 +366,8 @@ class KVTorchLayer(CacheLayerMixin):
     def __init__(self, cache: "KVTorchCache", layer: int):
         super().__init__()
         self.cache, self.preset, self.layer = cache, cache.preset, layer
-        self.sides = None  # _TorchSide (or _KernelSide) of K and V, on the cache's device
-        self.zk = self.zv = None  # latent.Store of every token's latents
+        self.sides = None  # _TorchSide, _KernelSide or _SplitSide of K and V, on the cache's device
+        self.zk = self.zv = None  # latent.Store (or SplitStore) of every token's latents
         self.length = 0  # T
         self.first = None  # int64 [B]: where each row's position 0 is stored (after its left padding)
         self.sink_k = self.sink_v = None  # float16 [B, H, s, D]: each row's tokens at positions 0 .. s-1
@@ -297,8 +385,7 @@ class KVTorchLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.keys = self.values = torch.empty(0, dtype=self.dtype, device=self.device)  # placeholders
-        side = _KernelSide if latent.available and self.device.type == "cpu" else _TorchSide
-        self.sides = {k: side(self.preset, self.layer, k).to(self.device) for k in ("k", "v")}
+        self.sides = {k: _side(self.preset, self.layer, k, self.device) for k in ("k", "v")}
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,

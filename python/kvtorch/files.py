@@ -203,14 +203,35 @@ def side_compresses(p, kind, basis, rank, bits):
     return rank < side_max_rank(p, kind, basis) or bits < 16
 
 
-def side_bytes(p, kind, basis, rank, bits):
-    """Cache bytes per compressed token of one side (compress.Side.Bytes)."""
+def side_bytes(p, kind, basis, rank, bits, widths=None):
+    """Cache bytes per compressed token of one side (compress.Side.Bytes);
+    widths [(count, bits), ...] for latents split by bit width."""
     h, d = p["n_kv_heads"], p[f"head_dim_{kind}"]
     if not side_compresses(p, kind, basis, rank, bits):
         return h * d * ELEMENT_BYTES
     groups = 1 if basis == "joint" else h
-    per = (rank * bits + 7) // 8 + (SCALE_BYTES if bits < 16 else 0)
+    per = sum((n * b + 7) // 8 + (SCALE_BYTES if b < 16 else 0) for n, b in (widths or [(rank, bits)]))
     return groups * per
+
+
+def side_widths(pl, kind):
+    """A preset layer's groups_k / groups_v as [(count, bits), ...], widest
+    first, or None (rank latents at bits)."""
+    g = pl.get(f"groups_{kind}")
+    return None if g is None else [(x["count"], x["bits"]) for x in g]
+
+
+def check_widths(widths, basis, rank, bits, where):
+    """Latents split by bit width: two or three widths of 16, 8, 4 in that
+    order, summing to the rank, bits the narrowest (compress.Side.Validate)."""
+    if widths is None:
+        return
+    w = [b for _, b in widths]
+    if basis != "joint":
+        raise KVTorchError(f"{where}: latents split by bit width need a joint basis, not {basis}")
+    if len(widths) < 2 or w != sorted(set(w), reverse=True) or sum(n for n, _ in widths) != rank or w[-1] != bits:
+        raise KVTorchError(f"{where}: groups {widths}: want two or three widths (16, 8, 4 in that order) summing "
+                           f"to rank {rank}, bits {bits} the narrowest")
 
 
 def check_preset(p):
@@ -242,6 +263,10 @@ def check_preset(p):
         layer_bytes = 0
         for kind in ("k", "v"):
             basis, rank, bits = pl.get(f"basis_{kind}", "head"), pl[f"rank_{kind}"], pl[f"bits_{kind}"]
+            widths = side_widths(pl, kind)
+            if widths is not None and version < 5:
+                raise KVTorchError(f"layer {i}: groups in a version {version} preset")
+            check_widths(widths, basis, rank, bits, f"layer {i}: {kind.upper()}")
             top = side_max_rank(p, kind, basis)
             if not 1 <= rank <= top:
                 raise KVTorchError(f"layer {i}: {kind.upper()} rank {rank} out of range 1..{top} for a {basis} basis")
@@ -249,7 +274,7 @@ def check_preset(p):
                 raise KVTorchError(f"layer {i}: {kind.upper()} basis none keeps every dimension: rank {rank}, "
                                    f"want {p[f'head_dim_{kind}']}")
             any_compressed |= side_compresses(p, kind, basis, rank, bits)
-            layer_bytes += side_bytes(p, kind, basis, rank, bits)
+            layer_bytes += side_bytes(p, kind, basis, rank, bits, widths)
         if pl["bytes_per_token_after"] != layer_bytes:
             raise KVTorchError(f"layer {i}: bytes_per_token_after {pl['bytes_per_token_after']} does not match its "
                                f"setting ({layer_bytes})")

@@ -21,7 +21,10 @@ scale per token and quantization group (per head for a per-head basis or
 none; for a joint basis one per token, of the latents divided by their
 standard deviation first); 4-bit as two values per uint8 with the same
 scale; sides the preset leaves uncompressed, and the first sink_tokens
-tokens of every sequence, as float16. This is exactly the accounting of the
+tokens of every sequence, as float16. A joint side whose latents are split
+by bit width (the preset's groups_k / groups_v: the leading components at
+16 or 8 bits, the rest at 4) stores each width so, with its own scale
+(SplitLatents: one Latents per width). This is exactly the accounting of the
 preset's bytes (docs/preset-format.md), and exactly what kvtorch eval
 measured.
 
@@ -49,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvtorch.files import KVTorchError, load_calibration, load_preset, open_regular
+from kvtorch.files import KVTorchError, load_calibration, load_preset, open_regular, side_widths
 
 KINDS = {"k": "K", "v": "V"}
 
@@ -66,6 +69,7 @@ class SideSetting:
     U: torch.Tensor | None = None  # [H, D, rank] per head, or [H*D, rank] joint
     mean: torch.Tensor | None = None  # [H, D], or [H*D] joint
     qscale: torch.Tensor | None = None  # joint: the latents' standard deviations [rank], divided out before quantizing
+    widths: list | None = None  # joint latents split by bit width: [(count, bits), ...], leading components first
 
 
 @dataclass
@@ -83,6 +87,22 @@ class Latents:
         if self.scale is not None:
             n += self.scale.numel() * self.scale.element_size()
         return n
+
+
+@dataclass
+class SplitLatents:
+    """What a compressed cache stores for a side whose latents are split by
+    bit width: one Latents per width, leading components first."""
+
+    parts: list  # of Latents
+
+    @property
+    def nbytes(self):
+        return sum(z.nbytes for z in self.parts)
+
+    @property
+    def rank(self):
+        return sum(z.rank for z in self.parts)
 
 
 def _sha256(path):
@@ -116,7 +136,25 @@ def _quantize(z: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return u[..., 0::2] | (u[..., 1::2] << 4), scale
 
 
-def _dequantize(z: Latents) -> torch.Tensor:
+def split_latents(z: torch.Tensor, widths) -> list:
+    """Latents z [..., r] (a joint side's, divided by their standard
+    deviations) split by bit width: one Latents per (count, bits)."""
+    out, at = [], 0
+    for n, b in widths:
+        part = z[..., at:at + n]
+        if b == 16:
+            out.append(Latents(part.to(torch.float16), None, 16, n))
+        else:
+            out.append(Latents(*_quantize(part, b), b, n))
+        at += n
+    return out
+
+
+def dequantize(z: Latents) -> torch.Tensor:
+    """The float32 latents [..., rank] z stores (for a joint basis still
+    divided by their standard deviations when quantized)."""
+    if isinstance(z, SplitLatents):
+        return torch.cat([dequantize(x) for x in z.parts], dim=-1)
     if z.bits == 16:
         return z.data.float()
     if z.bits == 8:
@@ -151,7 +189,7 @@ class Preset:
                 basis = pl.get(f"basis_{kind}", "head")
                 d = p[f"head_dim_{kind}"]
                 full = d * (self.heads if basis == "joint" else 1)
-                side = SideSetting(rank, bits, d, basis, compressed=rank < full or bits < 16)
+                side = SideSetting(rank, bits, d, basis, compressed=rank < full or bits < 16, widths=side_widths(pl, kind))
                 b = cal["layers"][l][name]
                 if basis == "none":
                     pass  # quantization of the elements themselves
@@ -191,8 +229,12 @@ class Preset:
         return torch.matmul(x.float() - s.mean[:, None, :].to(x.device), s.U.to(x.device)), bits, rank
 
     def compress(self, layer, kind, x):
-        """x [B, H, T, D] -> Latents."""
+        """x [B, H, T, D] -> Latents (SplitLatents for latents split by bit
+        width: each width quantized with its own per-token scale)."""
         z, bits, rank = self.project(layer, kind, x)
+        widths = self.side(layer, kind).widths
+        if widths:
+            return SplitLatents(split_latents(z, widths))
         if bits == 16:
             return Latents(z.to(torch.float16), None, 16, rank)
         data, scale = _quantize(z, bits)
@@ -203,26 +245,29 @@ class Preset:
         s = self.side(layer, kind)
         if not s.compressed:
             return z.data.to(dtype)
-        lat = _dequantize(z)
+        lat = dequantize(z)
         if s.basis == "none":
             return lat.to(dtype)
         U = s.U.to(lat.device)
         if s.basis == "joint":
-            if z.bits < 16:
+            if s.bits < 16:
                 lat = lat * s.qscale.to(lat.device)
             xf = torch.matmul(lat, U.transpose(-1, -2)) + s.mean.to(lat.device)  # [B, 1, T, E]
             b, _, t, _ = xf.shape
             return xf[:, 0].view(b, t, self.heads, s.dim).transpose(1, 2).to(dtype)
         return (torch.matmul(lat, U.transpose(-1, -2)) + s.mean[:, None, :].to(lat.device)).to(dtype)
 
-    def hook_buffers(self, layer, kind):
-        """The KVHook buffers (kvtorch.hook) that make an exported model
-        compute this side as kvtorch eval measured it: float32 tensors by
-        buffer name. Sides the preset leaves alone get the identity."""
+    def hook_buffers(self, layer, kind, format_version=3):
+        """The KVHook buffers (kvtorch.hook, of format_version 3 or 2) that
+        make an exported model compute this side as kvtorch eval measured
+        it: float32 tensors by buffer name. Sides the preset leaves alone
+        get the identity."""
         s = self.side(layer, kind)
         h, d = self.heads, s.dim
         e = h * d
         down, mean, qscale, qhead = torch.eye(e), torch.zeros(e), torch.ones(e), 1.0
+        bits = torch.full((e,), float(s.bits))
+        group = torch.div(torch.arange(e), d, rounding_mode="floor").float()  # per head
         if s.compressed and s.basis != "none":
             down = torch.zeros(e, e)
             r = s.rank
@@ -230,21 +275,33 @@ class Preset:
                 down[:, :r] = s.U.float().cpu()
                 qscale[:r] = s.qscale.cpu()
                 qhead = 0.0
+                group.zero_()
+                at = 0
+                for i, (n, b) in enumerate(s.widths or [(r, s.bits)]):  # a group per width, the dropped in the last
+                    bits[at:], group[at:] = float(b), float(i)
+                    at += n
             else:  # block diagonal: head i's latents at columns i*D ..
                 for i in range(h):
                     down[i * d:(i + 1) * d, i * d:i * d + r] = s.U[i].float().cpu()
             mean = s.mean.float().cpu().flatten()
-        return {"down": down, "up": down.T.contiguous(), "mean": mean, "bits": torch.tensor(float(s.bits)),
-                "qscale": qscale, "qhead": torch.tensor(qhead),
-                "sink": torch.tensor(float(self.sinks if s.compressed else 0))}
+        out = {"down": down, "up": down.T.contiguous(), "mean": mean, "qscale": qscale,
+               "sink": torch.tensor(float(self.sinks if s.compressed else 0))}
+        if format_version < 3:
+            if s.widths:
+                raise ValueError("latents split by bit width need hooks of format 3: export the model again "
+                                 "with python -m kvtorch.export")
+            return {**out, "bits": torch.tensor(float(s.bits)), "qhead": torch.tensor(qhead)}
+        return {**out, "bits": bits, "group": group}
 
     def apply(self, model, meta):
         """Sets the hooks of an exported model (torch.jit.load of a kvtorch
         export; meta: its kvtorch.json as a dict) to this preset, in place,
         and its recent_tokens buffer to the preset's recent window (which
         model.recent(ids) applies; body and forward have none)."""
-        if meta.get("format_version") != 2:
-            raise ValueError("the model's hooks are not of format 2: export it again with python -m kvtorch.export")
+        version = meta.get("format_version")
+        if version not in (2, 3):
+            raise ValueError(f"the model's hooks are of format {version}, not 2 or 3: export it again with "
+                             "python -m kvtorch.export")
         if meta["n_layers"] != len(self.layers) or meta["n_kv_heads"] != self.heads:
             raise ValueError("the preset was made for a model of another shape")
         if self.recent and "recent" not in meta.get("methods", []):
@@ -256,7 +313,7 @@ class Preset:
                     hook = model
                     for part in meta["hook"][kind].format(layer=l).split("."):
                         hook = getattr(hook, part)
-                    for name, t in self.hook_buffers(l, kind).items():
+                    for name, t in self.hook_buffers(l, kind, version).items():
                         getattr(hook, name).copy_(t)
             if "recent" in meta.get("methods", []):  # model.recent(ids) computes the window
                 model.recent_tokens.fill_(float(self.recent))

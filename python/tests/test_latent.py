@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kvtorch import Latents, latent
-from kvtorch.preset import _dequantize, _quantize
+from kvtorch.preset import dequantize, _quantize
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KVTORCH_NO_KERNELS")), reason="KVTORCH_NO_KERNELS is set")
 
@@ -26,7 +26,7 @@ def latents(bits, b, g, t, r, seed):
 
 def values(z):
     """The latents' values, float32 [B, G, T, r] (scales applied)."""
-    return _dequantize(z) if z.bits < 16 else z.data.float()
+    return dequantize(z) if z.bits < 16 else z.data.float()
 
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
@@ -157,14 +157,54 @@ def test_hook_quantizes_as_compress(bits, joint):
         x[0, 1, 1] = 0
     hook = KVHook(h, d)
     hook.bits.fill_(float(bits))
-    hook.qhead.fill_(0.0 if joint else 1.0)
+    if joint:
+        hook.group.zero_()
     y = hook(x)
     assert torch.equal(y, project_eager(x, torch.eye(h * d), torch.eye(h * d), torch.zeros(h * d), bits=bits, qhead=not joint))
     z = x.transpose(1, 2).reshape(1, 1, t, h * d) if joint else x  # a group per token, or per token and head
     yz = y.transpose(1, 2).reshape(1, 1, t, h * d) if joint else y
     data, scale = _quantize(z, bits)
-    levels = _dequantize(Latents(data, torch.ones_like(scale), bits, z.shape[-1]))
+    levels = dequantize(Latents(data, torch.ones_like(scale), bits, z.shape[-1]))
     step = z.abs().amax(-1, keepdim=True).clamp_min(1e-30) / (2 ** (bits - 1) - 1)
     assert torch.equal(torch.round(yz / step), levels)  # the same levels
-    stored = _dequantize(Latents(data, scale, bits, z.shape[-1]))
+    stored = dequantize(Latents(data, scale, bits, z.shape[-1]))
     torch.testing.assert_close(yz, stored, rtol=1e-3, atol=0)  # read with the step in float32 or in float16
+
+
+def test_hook_splits_latents_by_width():
+    """A joint side split by bit width (format 3: bits and group per latent):
+    each width's latents quantized with their own per-token scale, the
+    16-bit ones exact, the dropped ones zero, exactly as project_eager."""
+    from kvtorch.hook import KVHook, project_eager
+
+    h, d, t = 2, 8, 7
+    e = h * d
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, h, t, d, generator=gen) * torch.linspace(4, 0.1, d)
+    q, _ = torch.linalg.qr(torch.randn(e, e, generator=gen))
+    widths = [(2, 16), (3, 8), (6, 4)]  # 11 latents, 5 dropped
+    r = sum(n for n, _ in widths)
+    qscale = torch.linspace(3, 0.5, r)
+    hook = KVHook(h, d)
+    hook.down.zero_()
+    hook.up.zero_()
+    hook.down[:, :r] = q[:, :r]
+    hook.up[:r] = q[:, :r].T
+    hook.qscale[:r] = qscale
+    at = 0
+    for i, (n, b) in enumerate(widths):
+        hook.bits[at:] = b
+        hook.group[at:] = i
+        at += n
+    y = hook(x)
+    want = project_eager(x, q[:, :r], q[:, :r].T, torch.zeros(e), qscale=qscale, widths=widths)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-5)
+    z = (x.transpose(1, 2).reshape(1, t, e) @ q[:, :r])
+    zy = y.transpose(1, 2).reshape(1, t, e) @ q[:, :r]
+    torch.testing.assert_close(zy[..., :2], z[..., :2], rtol=0, atol=1e-5)  # 16 bits: exact
+    for (lo, hi, b) in [(2, 5, 8), (5, 11, 4)]:  # each width on its own levels
+        zn = z[..., lo:hi] / qscale[lo:hi]
+        step = zn.abs().amax(-1, keepdim=True) / (2 ** (b - 1) - 1)
+        levels = zy[..., lo:hi] / qscale[lo:hi] / step
+        torch.testing.assert_close(levels, torch.round(levels), rtol=0, atol=1e-3)
+        assert levels.abs().amax() <= 2 ** (b - 1) - 1 + 1e-3

@@ -32,6 +32,43 @@ def kvtorch(*args):
     return r
 
 
+def split_preset(path, out):
+    """The preset at path with every compressed joint side's latents split
+    by bit width (its first latent at 16 bits, a third of the rest at 8, the
+    others at 4), its bytes counted again: a version 5 preset written to
+    out (its perplexities are the unsplit preset's; kvtorch eval --preset
+    measures it)."""
+    import json
+
+    from kvtorch.files import side_bytes, side_compresses
+
+    p = json.load(open(path))
+    p["version"] = 5
+    compressed = 0
+    for pl in p["layers"]:
+        total = 0
+        for kind in ("k", "v"):
+            basis, rank, bits = pl.get(f"basis_{kind}", "head"), pl[f"rank_{kind}"], pl[f"bits_{kind}"]
+            widths = None
+            if basis == "joint" and side_compresses(p, kind, basis, rank, bits) and rank >= 3:
+                n8 = (rank - 1) // 3
+                widths = [(1, 16), (n8, 8), (rank - 1 - n8, 4)]
+                pl[f"groups_{kind}"] = [{"count": n, "bits": b} for n, b in widths]
+                pl[f"bits_{kind}"] = bits = 4
+            total += side_bytes(p, kind, basis, rank, bits, widths)
+        pl["bytes_per_token_after"] = total
+        compressed += total
+    context, before = p["context_length"], p["bytes_per_token_before"]
+    exact = min(p.get("sink_tokens", 0) + p.get("recent_tokens", 0), context)
+    p["bytes_per_token_compressed"] = compressed
+    p["bytes_per_token_after"] = (exact * before + (context - exact) * compressed) / context
+    p["compression_ratio"] = p["total_compression"] = before / p["bytes_per_token_after"]
+    p.pop("bits", None)
+    with open(out, "w") as f:
+        json.dump(p, f, indent=2)
+    return out
+
+
 def write_texts(folder, texts):
     os.makedirs(folder, exist_ok=True)
     for i, t in enumerate(texts):
@@ -154,6 +191,67 @@ def test_every_basis_through_the_cache(setting, tiny_tokenizer, tmp_path):
     assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
     t, s = wins.shape[1], meta["sink_tokens"]
     assert cache.nbytes() == s * meta["bytes_per_token_before"] + t * meta["bytes_per_token_compressed"]
+
+
+@pytest.mark.parametrize("kv", ["pre_rope", "post_rope"])
+def test_split_latents_through_the_cache(kv, tiny_tokenizer, tmp_path):
+    """A preset whose latents are split by bit width (16, 8 and 4 bits, a
+    scale per width) gives kvtorch eval's perplexity through KVTorchCache,
+    with the C kernels and with plain torch, stores the bytes it counts,
+    and is applied to an exported model's hooks as eval measured it."""
+    import json
+
+    folder = tmp_path / "hf"
+    model = tiny_model("llama")
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(tiny_tokenizer)
+    model_pt = str(tmp_path / "model.pt")
+    subprocess.run([sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt, "--kv-source", kv],
+                   check=True, capture_output=True)
+    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
+    cal = str(tmp_path / "calib.pt")
+    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
+    plain = str(tmp_path / "plain.json")
+    common = ["--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64"]
+    kvtorch("eval", "--json", *common, "--output", plain, "--basis", "joint", "--rank-k", "12", "--rank-v", "20",
+            "--bits", "8", "--sinks", "2")
+    split = split_preset(plain, str(tmp_path / "split.json"))
+    rows = json.loads(kvtorch("eval", "--json", *common, "--preset", split).stdout)["rows"]
+    go = rows[-1]["ppl"]
+    preset = Preset(split)
+    meta = preset.preset
+    assert preset.side(0, "k").widths == [(1, 16), (3, 8), (8, 4)]
+    assert go not in (meta["compressed_ppl"], meta["baseline_ppl"])  # a setting of its own
+    hf = tiny_model("llama")
+    wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
+    with torch.no_grad():
+        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
+        cache = KVTorchCache(preset, hf)
+        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
+        extra = {"kvtorch.json": ""}
+        hooked = torch.jit.load(model_pt, _extra_files=extra)
+        preset.apply(hooked, json.loads(extra["kvtorch.json"]))
+        applied = ppl_of(lambda ids: hooked(ids)[0], wins)
+    assert abs(comp / go - 1) < 2e-3, (comp, go)
+    assert abs(applied / go - 1) < 1e-5, (applied, go)
+    t, s = wins.shape[1], meta["sink_tokens"]
+    assert cache.nbytes() == s * meta["bytes_per_token_before"] + t * meta["bytes_per_token_compressed"]
+    # Token by token, with the kernels and without: the prompt's logits.
+    ids = wins[:1, :24]
+    with torch.no_grad():
+        want = hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits
+        for kernels in (True, False):
+            import kvtorch.cache as kvcache
+            old, kvcache.latent.available = kvcache.latent.available, kernels and kvcache.latent.available
+            try:
+                cache = KVTorchCache(preset, hf)
+                steps = [hf(input_ids=ids[:, :8], past_key_values=cache, use_cache=True).logits]
+                for i in range(8, 24):
+                    steps.append(hf(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True).logits)
+            finally:
+                kvcache.latent.available = old
+            got = torch.cat(steps, dim=1)
+            assert (got - want).abs().max() < 1e-2, (kernels, (got - want).abs().max())
 
 
 def test_compress_expand_shapes_and_packing(tmp_path):

@@ -123,7 +123,8 @@ def test_hook_quantization_matches_eager(joint):
     hook.down.copy_(down)
     hook.up.copy_(up)
     hook.mean.copy_(mean)
-    hook.qhead.fill_(0 if joint else 1)
+    if joint:
+        hook.group.zero_()
     k = cdown.shape[1]
     qscale = torch.linspace(0.5, 2.0, k)
     full_qscale = torch.ones(h * d)
