@@ -467,6 +467,8 @@ type TuneOptions struct {
 	Sinks   int            // tokens kept exact (0: DefaultSinks; NoSinks: none)
 	Recent  int            // the recent window: every query's last positions kept exact (0: none)
 	Uniform bool           // the baseline search instead: one per-head rank over a fixed grid
+	// Mixed lets a joint side split its latents by bit width (tune.Options.Mixed).
+	Mixed bool
 	// Checks are more held-out texts (another kind than the session's) the
 	// chosen setting is also measured on; their results go into the preset.
 	Checks []*texts.Corpus
@@ -500,12 +502,19 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	if o.Basis == compress.None {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: tune searches ranks of a basis (joint or per head); quantization alone is one setting to measure, not to tune", compress.ErrInvalid)
 	}
+	if o.Mixed && (o.Basis != compress.Joint || o.Uniform || len(o.Bits) < 2) {
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: mixed bits split a joint basis's latents by two or more --bits widths (not with --uniform)", ErrOption)
+	}
+	if o.Mixed && s.Model.Meta.FormatVersion < 3 {
+		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: mixed bits need a model exported by this kvtorch (%s has hook format %d); export it again", kvfile.ErrContract, s.Model.Path, s.Model.Meta.FormatVersion)
+	}
 	if o.Basis == compress.Joint && !s.Calibration.HasJoint() {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune per-head bases", ErrMismatch)
 	}
 	start := time.Now()
 	topts := tune.Options{Geometry: s.Model.Geometry(), Spectra: tune.SpectraOf(s.Calibration), Target: o.Target, Bits: o.Bits,
-		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Recent: o.Recent, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations}
+		Basis: o.Basis, Budget: o.Budget, Sinks: o.Sinks, Recent: o.Recent, Context: s.Options.Context, MaxEvaluations: o.MaxEvaluations,
+		Mixed: o.Mixed}
 	topts.Defaults()
 	steps := topts.Steps(o.Uniform)
 	if !o.Uniform { // probes the probe file holds are not measured again

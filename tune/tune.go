@@ -97,6 +97,10 @@ type Options struct {
 	Sinks    int            // tokens kept uncompressed
 	Recent   int            // the recent window kept uncompressed (compress.Setting.Recent)
 	Context  int            // the context length ratios are counted at
+	// Mixed lets a joint side split its latents by bit width (its leading
+	// components at wider bits than the rest, widths from Bits), allocated
+	// on the same cost model as ranks and bits.
+	Mixed bool
 	// MaxEvaluations bounds the full measurements of step 3 (default 12).
 	MaxEvaluations int
 }
@@ -232,6 +236,114 @@ func Search(ctx context.Context, ev Evaluator, o Options) (Result, error) {
 type costModel struct {
 	sens  map[side]float64
 	quant map[int]float64
+	// front is each side's candidates, the least lost variance for each
+	// byte count (filled by frontiers).
+	front map[side][]option
+}
+
+// option is a candidate side with its bytes and the share of variance it
+// loses (dropped components, plus the quantization share of each width).
+type option struct {
+	sd    compress.Side
+	bytes int
+	lost  float64
+}
+
+// frontiers fills m.front: for every target side, each (rank, bits) or,
+// with o.Mixed, each split of the leading components by the widths of
+// o.Bits (16, 8, 4 in that order), reduced to the least lost variance at
+// each byte count (more bytes kept only when they lose less).
+func (s *search) frontiers(m *costModel) {
+	o, g := s.o, s.o.Geometry
+	m.front = map[side][]option{}
+	has := map[int]bool{}
+	for _, b := range o.Bits {
+		has[b] = true
+	}
+	for _, sd := range s.sides {
+		top := g.MaxRank(sd.k, o.Basis)
+		e := make([]float64, top+1)
+		for r := range e {
+			e[r] = o.Spectra(sd.l, sd.k, o.Basis, r)
+		}
+		best := map[int]option{}
+		add := func(c compress.Side) {
+			if !c.Compresses(g, sd.k) {
+				return
+			}
+			lost := 1 - e[c.Rank]
+			at := 0
+			counts, bits := c.Widths()
+			for i, n := range counts {
+				lost += m.quant[bits[i]] * (e[at+n] - e[at])
+				at += n
+			}
+			b := c.Bytes(g, sd.k)
+			if old, ok := best[b]; !ok || lost < old.lost {
+				best[b] = option{c, b, lost}
+			}
+		}
+		for _, b := range o.Bits {
+			for r := 1; r <= top; r++ {
+				add(compress.Side{Basis: o.Basis, Rank: r, Bits: b})
+			}
+		}
+		if o.Mixed && o.Basis == compress.Joint {
+			n16max := 0
+			if has[16] {
+				n16max = min(top, 16) // a few leading latents at 16 bits at most
+			}
+			type cand struct {
+				lost float64
+				n    [3]int
+			}
+			split := map[int]cand{} // bytes -> the least lost, counted inline (millions of candidates)
+			for n16 := 0; n16 <= n16max; n16++ {
+				for n8 := 0; n8 <= top-n16; n8++ {
+					if n8 > 0 && !has[8] {
+						break
+					}
+					b8 := n16*2 + n8
+					lost8 := m.quant[8] * (e[n16+n8] - e[n16])
+					if n8 > 0 {
+						b8 += compress.ScaleBytes
+					}
+					for n4 := 0; n4 <= top-n16-n8; n4++ {
+						if n4 > 0 && !has[4] {
+							break
+						}
+						r := n16 + n8 + n4
+						if r == 0 {
+							continue
+						}
+						b := b8 + (n4*4+7)/8
+						if n4 > 0 {
+							b += compress.ScaleBytes
+						}
+						lost := 1 - e[r] + lost8 + m.quant[4]*(e[r]-e[n16+n8])
+						if c, ok := split[b]; !ok || lost < c.lost {
+							split[b] = cand{lost, [3]int{n16, n8, n4}}
+						}
+					}
+				}
+			}
+			for _, c := range split {
+				add(compress.Grouped(c.n[0], c.n[1], c.n[2]))
+			}
+		}
+		var front []option
+		for _, c := range best {
+			front = append(front, c)
+		}
+		sort.Slice(front, func(i, j int) bool { return front[i].bytes < front[j].bytes })
+		kept := front[:0]
+		for _, c := range front {
+			if len(kept) == 0 || c.lost < kept[len(kept)-1].lost {
+				kept = append(kept, c)
+			}
+		}
+		m.front[sd] = kept
+	}
 }
 
 // probes is step 1 and 2: each target side alone at the rank keeping 90% of
@@ -276,30 +388,24 @@ func (s *search) probes() (costModel, error) {
 		// Σ sens · cost(q_b) = d: the share of variance b-bit latents lose.
 		m.quant[b] = math.Pow(math.Max(d, 0)/totalSens, 1/gamma)
 	}
+	s.frontiers(&m)
 	return m, nil
 }
 
 // pick is the allocation at price λ (smaller compresses more) and its
-// predicted delta: each side the (rank, bits) minimising bytes + λ · Δ.
+// predicted delta: each side the candidate of its frontier minimising
+// bytes + λ · Δ.
 func (s *search) pick(m costModel, lambda float64) (compress.Setting, float64) {
-	o, g := s.o, s.o.Geometry
+	g := s.o.Geometry
 	st := s.base.Clone()
 	predicted := 0.0
 	for _, sd := range s.sides {
-		top := g.MaxRank(sd.k, o.Basis)
 		full := compress.Full(g, sd.k)
 		best, bestCost, bestDelta := full, float64(full.Bytes(g, sd.k)), 0.0
-		for _, b := range o.Bits {
-			for r := 1; r <= top; r++ {
-				c := compress.Side{Basis: o.Basis, Rank: r, Bits: b}
-				if !c.Compresses(g, sd.k) {
-					continue
-				}
-				e := o.Spectra(sd.l, sd.k, o.Basis, r)
-				delta := m.sens[sd] * cost(1-e+m.quant[b]*e)
-				if total := float64(c.Bytes(g, sd.k)) + lambda*delta; total < bestCost {
-					best, bestCost, bestDelta = c, total, delta
-				}
+		for _, c := range m.front[sd] {
+			delta := m.sens[sd] * cost(c.lost)
+			if total := float64(c.bytes) + lambda*delta; total < bestCost {
+				best, bestCost, bestDelta = c.sd, total, delta
 			}
 		}
 		st.Layers[sd.l][sd.k] = best

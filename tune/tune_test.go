@@ -34,9 +34,14 @@ func (f *fake) truth(s compress.Setting) float64 {
 			if !sd.Compresses(f.g, k) {
 				continue
 			}
-			e := f.spectra(l, k, sd.Basis, sd.Rank)
-			q := map[int]float64{16: 0, 8: 0.0005, 4: 0.02}[sd.Bits]
-			lost := 1 - e + q*e
+			lost := 1 - f.spectra(l, k, sd.Basis, sd.Rank)
+			at := 0
+			counts, bits := sd.Widths() // each width loses its share of the variance it holds
+			for i, n := range counts {
+				q := map[int]float64{16: 0, 8: 0.0005, 4: 0.02}[bits[i]]
+				lost += q * (f.spectra(l, k, sd.Basis, at+n) - f.spectra(l, k, sd.Basis, at))
+				at += n
+			}
 			total += f.floor + f.sens[side{l, k}]*(lost+3*lost*lost)
 		}
 	}
@@ -103,6 +108,39 @@ func TestSearchStaysWithinBudgetAndFewEvaluations(t *testing.T) {
 	}
 	t.Logf("%.2fx at %+.2f%% with %d measurements and %d probes (best uniform %.2fx)",
 		res.Best.Ratio, 100*res.Best.Delta, f.measures, f.probes, best)
+}
+
+// TestMixedBits: with latents split by bit width allowed, the search keeps
+// the budget, splits some sides, and compresses more than without.
+func TestMixedBits(t *testing.T) {
+	o := Options{Target: compress.Target{true, true}, Bits: []int{16, 8, 4}, Basis: compress.Joint, Budget: 0.05,
+		Sinks: 4, Context: 4096}
+	run := func(mixed bool) Candidate {
+		f := newFake()
+		o.Geometry, o.Spectra, o.Mixed = f.g, f.spectra, mixed
+		res, err := Search(context.Background(), f, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Best.Within || f.truth(res.Best.Setting) > 0.05 {
+			t.Fatalf("mixed %v: best is over budget: %+v", mixed, res.Best)
+		}
+		return res.Best
+	}
+	plain, mixed := run(false), run(true)
+	split := 0
+	for _, pair := range mixed.Setting.Layers {
+		for _, sd := range pair {
+			if sd.IsGrouped() {
+				split++
+			}
+		}
+	}
+	if split == 0 || mixed.Ratio <= plain.Ratio {
+		t.Fatalf("mixed bits: %d sides split, %.2fx against %.2fx without", split, mixed.Ratio, plain.Ratio)
+	}
+	t.Logf("%.2fx at %+.2f%% with %d sides split; %.2fx at %+.2f%% without", mixed.Ratio, 100*mixed.Delta, split,
+		plain.Ratio, 100*plain.Delta)
 }
 
 func TestSearchWithNothingWithinBudget(t *testing.T) {

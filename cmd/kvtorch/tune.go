@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/kvtorch/kvtorch"
 	"github.com/kvtorch/kvtorch/compress"
@@ -44,6 +46,7 @@ var tuneCommand = &cli.Command{
 		sinksFlag,
 		recentFlag,
 		&cli.BoolFlag{Name: "uniform", Usage: "the baseline search: one per-head rank for all layers over a fixed grid of ranks"},
+		&cli.BoolFlag{Name: "mixed-bits", Usage: "let a side keep its leading components at wider --bits than the rest (latents split by bit width, a scale per width)"},
 		&cli.IntFlag{Name: "max-evaluations", Value: 12, Usage: "full measurements the search may make after its probes"},
 		&cli.StringSliceFlag{Name: "check-texts", Usage: "other held-out text (another kind) to measure the chosen preset on"},
 		outputFlag("preset.json", "preset file to write"),
@@ -104,7 +107,7 @@ func tuneAction(c *cli.Context) error {
 // search, with the other kinds to check the chosen preset on.
 func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
 	o := kvtorch.TuneOptions{Budget: c.Float64("target-ppl-delta"), Sinks: orNone(c.Int("sinks")), Recent: c.Int("recent"), Uniform: c.Bool("uniform"),
-		MaxEvaluations: c.Int("max-evaluations")}
+		Mixed: c.Bool("mixed-bits"), MaxEvaluations: c.Int("max-evaluations")}
 	if c.NArg() > 0 {
 		return sessionArgs{}, o, usagef("tune takes no arguments")
 	}
@@ -183,13 +186,30 @@ func writeCandidates(c *cli.Context, res tune.Result, budget float64) error {
 	return nil
 }
 
+// bitsOf is a side's bits for the table: "4", or its latents split by bit
+// width, "6×8+72×4".
+func bitsOf(bits int, groups []kvfile.Group) string {
+	if len(groups) == 0 {
+		return strconv.Itoa(bits)
+	}
+	parts := make([]string, len(groups))
+	for i, g := range groups {
+		parts[i] = fmt.Sprintf("%d×%d", g.Count, g.Bits)
+	}
+	return strings.Join(parts, "+")
+}
+
 // printPreset shows a preset as a table.
 func printPreset(w io.Writer, p *kvfile.Preset, path string) {
 	fmt.Fprintf(w, "preset %s: %s (%s keys), calibration %s\n", path, p.ModelFile, p.KVSource, p.CalibrationFile)
-	fmt.Fprintf(w, "%5s %6s %7s %7s %6s %7s %7s %12s %12s\n", "layer", "basis", "rank_k", "bits_k", "basis", "rank_v", "bits_v", "bytes/token", "before")
+	bw := 7 // bits columns: "4", or a split by width "2×16+6×8+70×4"
 	for _, l := range p.Layers {
-		fmt.Fprintf(w, "%5d %6s %7d %7d %6s %7d %7d %12d %12d\n", l.Layer, l.BasisK, l.RankK, l.BitsK, l.BasisV, l.RankV, l.BitsV,
-			l.BytesPerTokenAfter, l.BytesPerTokenBefore)
+		bw = max(bw, len([]rune(bitsOf(l.BitsK, l.GroupsK))), len([]rune(bitsOf(l.BitsV, l.GroupsV))))
+	}
+	fmt.Fprintf(w, "%5s %6s %7s %*s %6s %7s %*s %12s %12s\n", "layer", "basis", "rank_k", bw, "bits_k", "basis", "rank_v", bw, "bits_v", "bytes/token", "before")
+	for _, l := range p.Layers {
+		fmt.Fprintf(w, "%5d %6s %7d %*s %6s %7d %*s %12d %12d\n", l.Layer, l.BasisK, l.RankK, bw, bitsOf(l.BitsK, l.GroupsK),
+			l.BasisV, l.RankV, bw, bitsOf(l.BitsV, l.GroupsV), l.BytesPerTokenAfter, l.BytesPerTokenBefore)
 	}
 	window := ""
 	if p.RecentTokens > 0 {
