@@ -138,20 +138,14 @@ def main(out):
             extra["kvtorch.json"] = json.dumps(md)
         torch.jit.save(traced, os.path.join(out, f"{name}.pt"), _extra_files=extra)
     # The same weights with format-2 hooks, then format-1 ones.
-    for blk in model.blocks:
-        blk.attn.k_hook = KVHookV2(c.n_kv_heads, c.head_dim)
-        blk.attn.v_hook = KVHookV2(c.n_kv_heads, c.head_dim)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, (example,), check_trace=False)
-    torch.jit.save(traced, os.path.join(out, "good_v2.pt"),
-                   _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=2))})
-    for blk in model.blocks:
-        blk.attn.k_hook = KVHookV1(c.n_kv_heads, c.head_dim)
-        blk.attn.v_hook = KVHookV1(c.n_kv_heads, c.head_dim)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, (example,), check_trace=False)
-    torch.jit.save(traced, os.path.join(out, "good_v1.pt"),
-                   _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=1))})
+    for hook, version in [(KVHookV2, 2), (KVHookV1, 1)]:
+        for blk in model.blocks:
+            blk.attn.k_hook = hook(c.n_kv_heads, c.head_dim)
+            blk.attn.v_hook = hook(c.n_kv_heads, c.head_dim)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, os.path.join(out, f"good_v{version}.pt"),
+                       _extra_files={"tokenizer.json": tok, "kvtorch.json": json.dumps(dict(meta, format_version=version))})
 
 
 

@@ -158,6 +158,22 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     assert out.shape == (1, 20)
 
 
+def calibrated_tiny(tmp_path, tiny_tokenizer, kv=None):
+    """(model.pt, calib.pt, eval texts) of the tiny llama, exported (with kv
+    keys when given) and calibrated."""
+    folder = tmp_path / "hf"
+    model = tiny_model("llama")
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(tiny_tokenizer)
+    model_pt = str(tmp_path / "model.pt")
+    subprocess.run([sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt] + (["--kv-source", kv] if kv else []),
+                   check=True, capture_output=True)
+    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
+    cal = str(tmp_path / "calib.pt")
+    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
+    return model_pt, cal, evald
+
+
 @pytest.mark.parametrize("setting", [
     ["--basis", "none", "--bits", "8"],
     ["--basis", "none", "--bits", "4", "--sinks", "0"],
@@ -167,15 +183,7 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
 def test_every_basis_through_the_cache(setting, tiny_tokenizer, tmp_path):
     """Presets of every kind of basis (written by kvtorch eval --output) give
     Go's perplexity through KVTorchCache, and store the bytes they count."""
-    folder = tmp_path / "hf"
-    model = tiny_model("llama")
-    model.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(tiny_tokenizer)
-    model_pt = str(tmp_path / "model.pt")
-    subprocess.run([sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt], check=True, capture_output=True)
-    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
-    cal = str(tmp_path / "calib.pt")
-    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
+    model_pt, cal, evald = calibrated_tiny(tmp_path, tiny_tokenizer)
     preset_path = str(tmp_path / "preset.json")
     kvtorch("eval", "--json", "--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64",
             "--output", preset_path, *setting)
@@ -201,16 +209,7 @@ def test_split_latents_through_the_cache(kv, tiny_tokenizer, tmp_path):
     and is applied to an exported model's hooks as eval measured it."""
     import json
 
-    folder = tmp_path / "hf"
-    model = tiny_model("llama")
-    model.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(tiny_tokenizer)
-    model_pt = str(tmp_path / "model.pt")
-    subprocess.run([sys.executable, "-m", "kvtorch.export", str(folder), "-o", model_pt, "--kv-source", kv],
-                   check=True, capture_output=True)
-    calib, evald = write_texts(tmp_path / "calib", CALIB_TEXT), write_texts(tmp_path / "eval", EVAL_TEXT)
-    cal = str(tmp_path / "calib.pt")
-    kvtorch("calibrate", "-q", "--model", model_pt, "--texts", calib, "--output", cal, "--seq-len", "64", "--min-tokens", "8")
+    model_pt, cal, evald = calibrated_tiny(tmp_path, tiny_tokenizer, kv)
     plain = str(tmp_path / "plain.json")
     common = ["--model", model_pt, "--calibration", cal, "--texts", evald, "--seq-len", "64"]
     kvtorch("eval", "--json", *common, "--output", plain, "--basis", "joint", "--rank-k", "12", "--rank-v", "20",
