@@ -13,8 +13,8 @@ taking turns round by round. Reported: the median seconds per decoding step,
 its ratio to DynamicCache's, and the bytes each cache holds at the end,
 measured from the storages of the tensors it references (a tensor shared
 twice counts once; KVTorchCache's room for the tokens to come included);
-for KVTorchCache also the preset's count (sink tokens ·
-bytes_per_token_before + T · bytes_per_token_compressed). On CUDA, the peak
+for KVTorchCache also the preset's count ((sink tokens + min(recent
+window, T)) · bytes_per_token_before + T · bytes_per_token_compressed). On CUDA, the peak
 memory allocated during decoding is reported too.
 
 transformers' QuantizedCache (quanto backend, 4 and 2 bits) is included when
@@ -34,6 +34,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 from kvtorch import KVTorchCache, Latents, Preset, latent  # noqa: E402
+from kvtorch.cache import SplitStore  # noqa: E402
 
 PREFILL = 2048
 
@@ -68,6 +69,8 @@ def held_bytes(obj):
         elif isinstance(x, (Latents, latent.Store)):
             walk(x.data, depth + 1)
             walk(x.scale, depth + 1)
+        elif isinstance(x, SplitStore):  # a side split by bit width: a Store per width
+            walk(x.parts, depth + 1)
 
     for layer in obj.layers:
         for name, v in vars(layer).items():
@@ -179,7 +182,8 @@ def main():
                    "tokens_per_s": 1 / med, "speed_vs_dynamic": base / med, "held_bytes": held_bytes(cache)}
             if p is not None:
                 m = p.preset
-                row["preset_bytes"] = m["sink_tokens"] * m["bytes_per_token_before"] + row["tokens"] * m["bytes_per_token_compressed"]
+                exact = m["sink_tokens"] + min(m.get("recent_tokens", 0), row["tokens"])  # the sinks and the ring
+                row["preset_bytes"] = exact * m["bytes_per_token_before"] + row["tokens"] * m["bytes_per_token_compressed"]
                 row["kv_source"] = p.kv_source
             if name in peaks:
                 row["peak_decode_bytes"] = peaks[name]

@@ -70,7 +70,7 @@ func TestUsageErrors(t *testing.T) {
 		{"merge", "--device", "tpu", "s.pt"}, {"check", "--device", "tpu", "--preset", "p.json"},
 		{"check", "--preset", "p.json", "--max-ppl-delta", "NaN"}, {"check", "--preset", "p.json", "--max-ppl-delta", "nan"},
 		{"check", "--preset", "p.json", "--max-ppl-delta", "Inf"}, {"check", "--preset", "p.json", "--max-ppl-delta", "-0.1"},
-		{"tune", "--target-ppl-delta", "NaN"}} {
+		{"tune", "--target-ppl-delta", "NaN"}, {"tune", "--mixed-bits"}, {"tune", "--mixed-bits", "--bits", "8,4", "--basis", "head"}} {
 		code, _, errOut := runCLI(args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)

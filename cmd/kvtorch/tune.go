@@ -37,7 +37,10 @@ var tuneCommand = &cli.Command{
 		"Every measurement is printed with its number and an ETA. Writes the preset\n" +
 		"(docs/preset-format.md); --check-texts records its delta on held-out text of kinds it was\n" +
 		"not tuned on. --probes FILE keeps the probes: a second tune of the same model, calibration\n" +
-		"and text (another budget or bits, or the same one after an interruption) reuses them.",
+		"and text (another budget or bits, or the same one after an interruption) reuses them.\n" +
+		"--mixed-bits lets a joint side keep its leading components at a wider width of --bits than\n" +
+		"the rest, each width with its own scale (docs/BENCHMARKS.md: on SmolLM2 2% more compression\n" +
+		"at equal damage; the model must be exported by this kvtorch).",
 	Flags: append(evalFlags(),
 		&cli.Float64Flag{Name: "target-ppl-delta", Value: 0.05, EnvVars: []string{"KVTORCH_BUDGET"}, Usage: "perplexity budget as a fraction (0.05: +5%)"},
 		&cli.StringFlag{Name: "target", Value: "kv", Usage: "sides to compress: k, v or kv"},
@@ -123,6 +126,12 @@ func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
 	}
 	if o.Basis, err = compress.ParseBasis(c.String("basis")); err != nil {
 		return sessionArgs{}, o, err
+	}
+	switch {
+	case o.Mixed && len(o.Bits) < 2:
+		return sessionArgs{}, o, usagef("--mixed-bits splits latents by two or more --bits widths: give them, e.g. --bits 16,8,4")
+	case o.Mixed && (o.Basis != compress.Joint || o.Uniform):
+		return sessionArgs{}, o, usagef("--mixed-bits splits the latents of a joint basis: not with --basis %s or --uniform", o.Basis)
 	}
 	if err := nonNegative(c, "sinks", "max-evaluations"); err != nil {
 		return sessionArgs{}, o, err
