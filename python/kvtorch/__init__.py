@@ -5,9 +5,9 @@ model contract, and the exporter of HuggingFace models
 docs/model-contract.md in the kvtorch repository."""
 from kvtorch.files import KVTorchError
 from kvtorch.hook import KVHook
-from kvtorch.preset import Latents, Preset
+from kvtorch.preset import Latents, Preset, SplitLatents
 
-__all__ = ["KVHook", "KVTorchError", "Latents", "Preset", "KVTorchCache"]
+__all__ = ["KVHook", "KVTorchError", "Latents", "Preset", "SplitLatents", "KVTorchCache"]
 
 
 def __getattr__(name):
