@@ -16,7 +16,7 @@ import (
 // 5 adds latents split by bit width (groups_k, groups_v); 4 the recent
 // window (recent_tokens); 3 the measurements of every
 // kind of held-out text tune kept the budget on (kinds), intervals of the
-// deltas and a warning; versions 1 (bases per head, no sinks), 2 and 3 are
+// deltas and a warning; versions 1 (bases per head, no sinks) to 4 are
 // still read.
 const PresetVersion = 5
 

@@ -45,7 +45,8 @@ and left-padded batches with an attention mask. Positions must run on from
 each row's first real token (as generate makes them).
 
 Storage (kvtorch.latent.Store): the latents of every token (float16, or int8
-/ packed 4-bit with a float16 scale per token and group), by tiles of 32
+/ packed 4-bit with a float16 scale per token and group; a side split by bit
+width keeps a Store per width, attended as the sum of its parts), by tiles of 32
 tokens, float16 copies of each row's sink tokens and the ring: nbytes() =
 (sink_tokens + min(R, T)) · bytes_per_token_before + T ·
 bytes_per_token_compressed bytes after T tokens per row (the preset counts
