@@ -114,11 +114,6 @@ class Store:
             n += tokens * self.scale.shape[0] * self.scale.shape[1] * self.scale.element_size()
         return n
 
-    def tiles(self, first, last):
-        """A Store of tiles first .. last-1 (a view)."""
-        scale = None if self.scale is None else self.scale[..., first * TILE:last * TILE]
-        return Store(self.data[:, :, first:last], scale, self.bits, self.rank)
-
     def select(self, fn):
         """A Store of the batch rows fn picks (fn: a function of tensors
         indexing their first dimension)."""

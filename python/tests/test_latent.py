@@ -124,21 +124,6 @@ def test_store_quantizes_as_compress(bits, r):
         assert torch.equal(a.scale, b.scale)
 
 
-def test_kernels_read_a_range_of_tiles():
-    """A view of some tiles (how pre-RoPE keys are rebuilt a block at a time)."""
-    t, r = 300, 24
-    z = latents(4, 2, 1, t, r, seed=5)
-    store = latent.write(None, z, 0)
-    first, last = 1, 4  # tokens 64 .. 255
-    view = store.tiles(first, last)
-    n = (last - first) * latent.TILE
-    p = latent.layout(torch.eye(r).expand(2, 1, r, r), 4).contiguous()  # the latents themselves
-    out = torch.empty(2, 1, r, n)
-    latent.scores(view, n, p, out)
-    want = values(store.read(first * latent.TILE, last * latent.TILE)).transpose(-1, -2)
-    assert torch.allclose(out, want, atol=1e-6)
-
-
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("joint", [True, False])
 def test_hook_quantizes_as_compress(bits, joint):
