@@ -458,6 +458,23 @@ func CheckBudget(b float64) error {
 	return nil
 }
 
+// CheckMixed refuses mixed bits (TuneOptions.Mixed) where there is nothing
+// to split: fewer than two widths, a basis other than joint (the zero Basis
+// is joint for Tune), or the uniform search.
+func CheckMixed(o TuneOptions) error {
+	switch {
+	case !o.Mixed:
+		return nil
+	case len(o.Bits) < 2:
+		return fmt.Errorf("kvtorch: %w: --mixed-bits splits latents by two or more --bits widths: give them, e.g. --bits 16,8,4", ErrOption)
+	case o.Basis != "" && o.Basis != compress.Joint:
+		return fmt.Errorf("kvtorch: %w: --mixed-bits splits the latents of a joint basis, not of --basis %s", ErrOption, o.Basis)
+	case o.Uniform:
+		return fmt.Errorf("kvtorch: %w: --mixed-bits is for the search; --uniform gives every layer one rank and bits", ErrOption)
+	}
+	return nil
+}
+
 // TuneOptions say what to search.
 type TuneOptions struct {
 	Budget  float64 // perplexity delta allowed (0.05: +5%)
@@ -502,8 +519,8 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	if o.Basis == compress.None {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: tune searches ranks of a basis (joint or per head); quantization alone is one setting to measure, not to tune", compress.ErrInvalid)
 	}
-	if o.Mixed && (o.Basis != compress.Joint || o.Uniform || len(o.Bits) < 2) {
-		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: mixed bits split a joint basis's latents by two or more --bits widths (not with --uniform)", ErrOption)
+	if err := CheckMixed(o); err != nil {
+		return nil, tune.Result{}, err
 	}
 	if o.Mixed && s.Model.Meta.FormatVersion < 3 {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: mixed bits need a model exported by this kvtorch (%s has hook format %d); export it again", kvfile.ErrContract, s.Model.Path, s.Model.Meta.FormatVersion)

@@ -70,7 +70,8 @@ func TestUsageErrors(t *testing.T) {
 		{"merge", "--device", "tpu", "s.pt"}, {"check", "--device", "tpu", "--preset", "p.json"},
 		{"check", "--preset", "p.json", "--max-ppl-delta", "NaN"}, {"check", "--preset", "p.json", "--max-ppl-delta", "nan"},
 		{"check", "--preset", "p.json", "--max-ppl-delta", "Inf"}, {"check", "--preset", "p.json", "--max-ppl-delta", "-0.1"},
-		{"tune", "--target-ppl-delta", "NaN"}, {"tune", "--mixed-bits"}, {"tune", "--mixed-bits", "--bits", "8,4", "--basis", "head"}} {
+		{"tune", "--target-ppl-delta", "NaN"}, {"tune", "--mixed-bits"}, {"tune", "--mixed-bits", "--bits", "8,4", "--basis", "head"},
+		{"tune", "--mixed-bits", "--bits", "8,4", "--uniform"}} {
 		code, _, errOut := runCLI(args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)

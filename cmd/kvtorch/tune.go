@@ -127,11 +127,8 @@ func tuneArgsOf(c *cli.Context) (sessionArgs, kvtorch.TuneOptions, error) {
 	if o.Basis, err = compress.ParseBasis(c.String("basis")); err != nil {
 		return sessionArgs{}, o, err
 	}
-	switch {
-	case o.Mixed && len(o.Bits) < 2:
-		return sessionArgs{}, o, usagef("--mixed-bits splits latents by two or more --bits widths: give them, e.g. --bits 16,8,4")
-	case o.Mixed && (o.Basis != compress.Joint || o.Uniform):
-		return sessionArgs{}, o, usagef("--mixed-bits splits the latents of a joint basis: not with --basis %s or --uniform", o.Basis)
+	if err := kvtorch.CheckMixed(o); err != nil { // before anything is loaded
+		return sessionArgs{}, o, err
 	}
 	if err := nonNegative(c, "sinks", "max-evaluations"); err != nil {
 		return sessionArgs{}, o, err
