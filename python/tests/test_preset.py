@@ -92,6 +92,16 @@ def ppl_of(logits_fn, wins):
     return math.exp(nll / n)
 
 
+def through_cache(preset, hf, wins):
+    """The perplexity of windows wins through KVTorchCache (a fresh cache per
+    window), and a cache that has stored the first window."""
+    with torch.no_grad():
+        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
+        cache = KVTorchCache(preset, hf)
+        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
+    return comp, cache
+
+
 def train_tiny_tokenizer():
     """A byte-level BPE tokenizer of 400 ids trained on the test texts, as JSON."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -136,16 +146,13 @@ def test_cache_matches_go(arch, kv, tiny_tokenizer, tmp_path):
     wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
     with torch.no_grad():
         base = ppl_of(lambda ids: hf(input_ids=ids).logits, wins)
-        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
+    comp, cache = through_cache(preset, hf, wins)
     assert abs(base / meta["baseline_ppl"] - 1) < 1e-5
     # 16-bit latents are stored as float16 and scales as float16: close, not bit-equal.
     assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
 
     # The cache holds the bytes the preset accounts for: the latents of every
     # token at bytes_per_token_after, and the sink tokens' exact copies.
-    cache = KVTorchCache(preset, hf)
-    with torch.no_grad():
-        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
     t, s = wins.shape[1], meta["sink_tokens"]
     assert s == 4
     for l, layer in enumerate(cache.layers):
@@ -192,10 +199,7 @@ def test_every_basis_through_the_cache(setting, tiny_tokenizer, tmp_path):
     assert meta["compressed_ppl"] != meta["baseline_ppl"]
     hf = tiny_model("llama")
     wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
-    with torch.no_grad():
-        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
-        cache = KVTorchCache(preset, hf)
-        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
+    comp, cache = through_cache(preset, hf, wins)
     assert abs(comp / meta["compressed_ppl"] - 1) < 2e-3, (comp, meta["compressed_ppl"])
     t, s = wins.shape[1], meta["sink_tokens"]
     assert cache.nbytes() == s * meta["bytes_per_token_before"] + t * meta["bytes_per_token_compressed"]
@@ -223,10 +227,8 @@ def test_split_latents_through_the_cache(kv, tiny_tokenizer, tmp_path):
     assert go not in (meta["compressed_ppl"], meta["baseline_ppl"])  # a setting of its own
     hf = tiny_model("llama")
     wins = windows(model_pt, evald, meta["eval"]["seq_len"], meta["eval"]["tokens"])
+    comp, cache = through_cache(preset, hf, wins)
     with torch.no_grad():
-        comp = ppl_of(lambda ids: hf(input_ids=ids, past_key_values=KVTorchCache(preset, hf), use_cache=True).logits, wins)
-        cache = KVTorchCache(preset, hf)
-        hf(input_ids=wins[:1], past_key_values=cache, use_cache=True)
         extra = {"kvtorch.json": ""}
         hooked = torch.jit.load(model_pt, _extra_files=extra)
         preset.apply(hooked, json.loads(extra["kvtorch.json"]))
