@@ -190,15 +190,26 @@ func (s Side) Bytes(g Geometry, k Kind) int {
 	if s.basis() != Joint {
 		groups = g.Heads
 	}
+	if !s.IsGrouped() {
+		return groups * widthBytes(s.Rank, s.Bits)
+	}
 	per := 0
-	counts, bits := s.Widths()
-	for i, n := range counts {
-		per += (n*bits[i] + 7) / 8
-		if bits[i] < 16 {
-			per += ScaleBytes
+	for i, n := range s.Groups { // no allocation: tune counts millions of splits
+		if n > 0 {
+			per += widthBytes(n, GroupBits[i])
 		}
 	}
 	return groups * per
+}
+
+// widthBytes is what n latents at bits take per token and quantization
+// group: packed, and a scale below 16 bits.
+func widthBytes(n, bits int) int {
+	b := (n*bits + 7) / 8
+	if bits < 16 {
+		b += ScaleBytes
+	}
+	return b
 }
 
 // BasisBytes is what the side's basis and mean take to store (16-bit).

@@ -260,26 +260,35 @@ func (s *search) frontiers(m *costModel) {
 	for _, b := range o.Bits {
 		has[b] = true
 	}
+	var quant [3]float64 // the quantization share of each of compress.GroupBits
+	for i, b := range compress.GroupBits {
+		quant[i] = m.quant[b]
+	}
 	for _, sd := range s.sides {
 		top := g.MaxRank(sd.k, o.Basis)
 		e := make([]float64, top+1)
 		for r := range e {
 			e[r] = o.Spectra(sd.l, sd.k, o.Basis, r)
 		}
-		best := map[int]option{}
+		// best[b]: the least-loss candidate of b bytes (bytes 0 where none;
+		// no candidate takes more than the side's width at 16 bits and a
+		// scale per head or per width).
+		best := make([]option, g.Width(sd.k)*compress.ElementBytes+(g.Heads+len(compress.GroupBits))*compress.ScaleBytes+1)
 		add := func(c compress.Side) {
 			if !c.Compresses(g, sd.k) {
 				return
 			}
 			lost := 1 - e[c.Rank]
-			at := 0
-			counts, bits := c.Widths()
-			for i, n := range counts {
-				lost += m.quant[bits[i]] * (e[at+n] - e[at])
-				at += n
+			if !c.IsGrouped() {
+				lost += m.quant[c.Bits] * e[c.Rank]
+			} else {
+				at := 0
+				for i, n := range c.Groups { // each width loses its share of the variance it holds
+					lost += quant[i] * (e[at+n] - e[at])
+					at += n
+				}
 			}
-			b := c.Bytes(g, sd.k)
-			if old, ok := best[b]; !ok || lost < old.lost {
+			if b := c.Bytes(g, sd.k); best[b].bytes == 0 || lost < best[b].lost {
 				best[b] = option{c, b, lost}
 			}
 		}
@@ -293,56 +302,23 @@ func (s *search) frontiers(m *costModel) {
 			if has[16] {
 				n16max = min(top, 16) // a few leading latents at 16 bits at most
 			}
-			type cand struct {
-				lost float64
-				n    [3]int
-			}
-			split := map[int]cand{} // bytes -> the least lost, counted inline (millions of candidates)
 			for n16 := 0; n16 <= n16max; n16++ {
-				for n8 := 0; n8 <= top-n16; n8++ {
-					if n8 > 0 && !has[8] {
-						break
-					}
-					b8 := n16*2 + n8
-					lost8 := m.quant[8] * (e[n16+n8] - e[n16])
-					if n8 > 0 {
-						b8 += compress.ScaleBytes
-					}
-					for n4 := 0; n4 <= top-n16-n8; n4++ {
-						if n4 > 0 && !has[4] {
-							break
-						}
-						r := n16 + n8 + n4
-						if r == 0 {
-							continue
-						}
-						b := b8 + (n4*4+7)/8
-						if n4 > 0 {
-							b += compress.ScaleBytes
-						}
-						lost := 1 - e[r] + lost8 + m.quant[4]*(e[r]-e[n16+n8])
-						if c, ok := split[b]; !ok || lost < c.lost {
-							split[b] = cand{lost, [3]int{n16, n8, n4}}
+				for n8 := 0; n8 <= top-n16 && (n8 == 0 || has[8]); n8++ {
+					for n4 := 0; n4 <= top-n16-n8 && (n4 == 0 || has[4]); n4++ {
+						if n16+n8+n4 > 0 {
+							add(compress.Grouped(n16, n8, n4))
 						}
 					}
 				}
 			}
-			for _, c := range split {
-				add(compress.Grouped(c.n[0], c.n[1], c.n[2]))
-			}
 		}
-		var front []option
+		var front []option // by bytes, kept only when it loses less than every cheaper one
 		for _, c := range best {
-			front = append(front, c)
-		}
-		sort.Slice(front, func(i, j int) bool { return front[i].bytes < front[j].bytes })
-		kept := front[:0]
-		for _, c := range front {
-			if len(kept) == 0 || c.lost < kept[len(kept)-1].lost {
-				kept = append(kept, c)
+			if c.bytes > 0 && (len(front) == 0 || c.lost < front[len(front)-1].lost) {
+				front = append(front, c)
 			}
 		}
-		m.front[sd] = kept
+		m.front[sd] = front
 	}
 }
 
