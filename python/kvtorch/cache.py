@@ -64,7 +64,7 @@ import torch
 
 from kvtorch import attention, latent
 from kvtorch.files import KVTorchError
-from kvtorch.preset import Latents, Preset, SplitLatents, dequantize, split_latents
+from kvtorch.preset import Latents, Preset, SplitLatents, dequantize, stored
 
 try:
     from transformers import AttentionInterface
@@ -158,7 +158,7 @@ class _TorchSide:
     def write_latents(self, store: latent.Store | None, z: torch.Tensor, start: int) -> latent.Store:
         """store with float latents z [B, G, t, w] (a part's, normalised)
         stored at self.bits into tokens start .. start+t-1."""
-        return latent.write(store, split_latents(z, [(z.shape[-1], self.bits)])[0], start)
+        return latent.write(store, stored(z, self.bits), start)
 
     def scores(self, qf: torch.Tensor, store: latent.Store, tokens: int, out: torch.Tensor) -> None:
         """Writes qf [B, H, n, D] · the keys of the first T = tokens tokens of

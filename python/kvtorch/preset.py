@@ -136,16 +136,20 @@ def _quantize(z: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return u[..., 0::2] | (u[..., 1::2] << 4), scale
 
 
+def stored(z: torch.Tensor, bits: int) -> Latents:
+    """Float latents z [..., r] as a cache stores them at bits: float16, or
+    quantized by the rule above."""
+    if bits == 16:
+        return Latents(z.to(torch.float16), None, 16, z.shape[-1])
+    return Latents(*_quantize(z, bits), bits, z.shape[-1])
+
+
 def split_latents(z: torch.Tensor, widths) -> list:
     """Latents z [..., r] (a joint side's, divided by their standard
     deviations) split by bit width: one Latents per (count, bits)."""
     out, at = [], 0
     for n, b in widths:
-        part = z[..., at:at + n]
-        if b == 16:
-            out.append(Latents(part.to(torch.float16), None, 16, n))
-        else:
-            out.append(Latents(*_quantize(part, b), b, n))
+        out.append(stored(z[..., at:at + n], b))
         at += n
     return out
 
@@ -231,14 +235,11 @@ class Preset:
     def compress(self, layer, kind, x):
         """x [B, H, T, D] -> Latents (SplitLatents for latents split by bit
         width: each width quantized with its own per-token scale)."""
-        z, bits, rank = self.project(layer, kind, x)
+        z, bits, _ = self.project(layer, kind, x)
         widths = self.side(layer, kind).widths
         if widths:
             return SplitLatents(split_latents(z, widths))
-        if bits == 16:
-            return Latents(z.to(torch.float16), None, 16, rank)
-        data, scale = _quantize(z, bits)
-        return Latents(data, scale, bits, rank)
+        return stored(z, bits)
 
     def expand(self, layer, kind, z, dtype=torch.float32):
         """Latents -> [B, H, T, D] in dtype."""
