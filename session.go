@@ -522,8 +522,10 @@ func (s *Session) Tune(ctx context.Context, o TuneOptions) (*kvfile.Preset, tune
 	if err := CheckMixed(o); err != nil {
 		return nil, tune.Result{}, err
 	}
-	if o.Mixed && s.Model.Meta.FormatVersion < 3 {
-		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: mixed bits need a model exported by this kvtorch (%s has hook format %d); export it again", kvfile.ErrContract, s.Model.Path, s.Model.Meta.FormatVersion)
+	if o.Mixed {
+		if err := s.Model.Model.CanSplit(); err != nil {
+			return nil, tune.Result{}, fmt.Errorf("kvtorch: %w", err)
+		}
 	}
 	if o.Basis == compress.Joint && !s.Calibration.HasJoint() {
 		return nil, tune.Result{}, fmt.Errorf("kvtorch: %w: the calibration has no joint bases (made by an older kvtorch): calibrate again, or tune per-head bases", ErrMismatch)

@@ -106,8 +106,10 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 	for i := range bits {
 		bits[i], group[i] = float64(sd.Bits), float64(i/d) // per head unless joint
 	}
-	if sd.IsGrouped() && m.Meta.FormatVersion < 3 {
-		return fmt.Errorf("%w: latents split by bit width need a model exported by this kvtorch (%s has hook format %d); export it again", ErrContract, m.Path, m.Meta.FormatVersion)
+	if sd.IsGrouped() {
+		if err := m.CanSplit(); err != nil {
+			return err
+		}
 	}
 	if !sd.Compresses(g, k) || sd.Basis == compress.None { // the identity (quantized per head for none)
 		for i := 0; i < e; i++ {
@@ -165,6 +167,15 @@ func (m *Model) setHook(layer int, k compress.Kind, cal *kvfile.Calibration, sd 
 		bufs = append(bufs, buffer{"bits", bits, []int64{ee}}, buffer{"group", group, []int64{ee}})
 	}
 	return m.setBuffers(layer, k, bufs)
+}
+
+// CanSplit reports whether the model's hooks can split latents by bit
+// width (hook format 3): ErrContract, saying what to do, when not.
+func (m *Model) CanSplit() error {
+	if m.Meta.FormatVersion < 3 {
+		return fmt.Errorf("%w: latents split by bit width need a model exported by this kvtorch (%s has hook format %d); export it again", ErrContract, m.Path, m.Meta.FormatVersion)
+	}
+	return nil
 }
 
 // finite reports whether x is neither NaN nor infinite.

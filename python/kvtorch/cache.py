@@ -291,7 +291,6 @@ class _SplitSide:
         for n, b in s.widths:
             self.parts.append(side(preset, layer, kind, part=(at, n, b)))
             at += n
-        self.counts = [n for n, _ in s.widths]
         self.mean = s.mean.float().view(preset.heads, s.dim)
 
     def to(self, device: torch.device) -> "_SplitSide":
@@ -301,10 +300,10 @@ class _SplitSide:
 
     def write(self, store: SplitStore | None, x: torch.Tensor, start: int) -> SplitStore:
         z, _, _ = self.preset.project(self.layer, self.kind, x)
-        out, at = [], 0
-        for i, (p, n) in enumerate(zip(self.parts, self.counts)):
-            out.append(p.write_latents(None if store is None else store.parts[i], z[..., at:at + n], start))
-            at += n
+        out = []
+        for i, p in enumerate(self.parts):
+            first, count, _ = p.part
+            out.append(p.write_latents(None if store is None else store.parts[i], z[..., first:first + count], start))
         return SplitStore(out)
 
     def scores(self, qf: torch.Tensor, store: SplitStore, tokens: int, out: torch.Tensor) -> None:
