@@ -68,7 +68,7 @@ func withGroups(s compress.Side, gs []Group) (compress.Side, error) {
 		return s, nil
 	}
 	if len(gs) < 2 {
-		return s, fmt.Errorf("%d groups: split latents by two or three widths, or list none", len(gs))
+		return s, fmt.Errorf("groups: %d listed, split latents by two or three widths or list none", len(gs))
 	}
 	at := 0
 	for _, g := range gs {
@@ -240,11 +240,11 @@ func (p *Preset) setting() (compress.Setting, error) {
 	for i, l := range p.Layers {
 		k, err := withGroups(compress.Side{Basis: compress.Basis(orHead(l.BasisK)), Rank: l.RankK, Bits: l.BitsK}, l.GroupsK)
 		if err != nil {
-			return s, fmt.Errorf("layer %d K %w", i, err)
+			return s, fmt.Errorf("layer %d K: %w", i, err)
 		}
 		v, err := withGroups(compress.Side{Basis: compress.Basis(orHead(l.BasisV)), Rank: l.RankV, Bits: l.BitsV}, l.GroupsV)
 		if err != nil {
-			return s, fmt.Errorf("layer %d V %w", i, err)
+			return s, fmt.Errorf("layer %d V: %w", i, err)
 		}
 		s.Layers[i] = [2]compress.Side{k, v}
 	}
